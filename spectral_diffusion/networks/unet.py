@@ -1,0 +1,203 @@
+"""The UNet backbone for pixel or latent space (ADM/LDM layout).
+
+Layout, for ``channel_mult=(1, 2, 2)`` and ``num_res_blocks=2``::
+
+    conv_in
+    down_levels[0]: 2 x (ResBlock [+ attention]) -> downsample
+    down_levels[1]: 2 x (ResBlock [+ attention]) -> downsample
+    down_levels[2]: 2 x (ResBlock [+ attention])             (no downsample at the lowest level)
+    middle: ResBlock -> attention -> ResBlock
+    up_levels[0]:   3 x (ResBlock on [h, skip] [+ attention]) -> upsample   (lowest resolution first)
+    up_levels[1]:   3 x (...) -> upsample
+    up_levels[2]:   3 x (...)
+    norm -> SiLU -> conv_out (zero-initialised)
+
+Attention is placed at the feature-map *sizes* listed in ``attention_resolutions`` (e.g. 32, 16, 8
+for a 64x64 latent, as the LDM configs put it), so a preset reads the same as the paper's table.
+
+The network is a plain function ``(x_t, t, class_labels) -> output``; what the output means (eps,
+v or x0) is the diffusion process's business, not the network's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spectral_diffusion.networks.layers import ResBlock, SelfAttention, group_norm, timestep_embedding, zero_module
+from spectral_diffusion.networks.resampling import make_downsample, make_upsample
+
+
+class ResAttnBlock(nn.Module):
+    """A residual block, optionally followed by self-attention."""
+
+    def __init__(self, res: ResBlock, attn: SelfAttention | None) -> None:
+        super().__init__()
+        self.res = res
+        self.attn = attn
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        x = self.res(x, emb)
+        return self.attn(x) if self.attn is not None else x
+
+
+class UNetLevel(nn.Module):
+    """The blocks of one resolution level plus its resampling layer (``None`` at the ends).
+
+    Kept as a module of its own so that hooks (e.g. feature distillation) can capture the output of
+    a whole level by name: ``up_levels.1``.
+    """
+
+    def __init__(self, blocks: list[ResAttnBlock], resample: nn.Module | None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.resample = resample
+
+
+class UNet(nn.Module):
+    """ADM/LDM-style UNet with pluggable resampling layers and optional class conditioning.
+
+    Args:
+        image_size: spatial size of the (square) input; fixes where attention goes.
+        in_channels: channels of the input (1 for Fashion-MNIST, 3 or 4 for latents).
+        base_channels: width of the first level.
+        channel_mult: width multiplier of each level; its length is the number of levels.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attention_resolutions: feature-map sizes that get self-attention after each ResBlock.
+        out_channels: output channels; defaults to ``in_channels``.
+        head_channels: channels per attention head.
+        dropout: dropout inside the residual blocks.
+        num_classes: if set, the network is class-conditional. Label ``num_classes`` is the
+            "no class" label that classifier-free guidance uses.
+        downsample, upsample: names of the resampling layers (see ``networks/resampling.py``).
+        scale_shift_norm: timestep embedding as scale and shift of the second norm (ADM) or added.
+        mid_attention: self-attention in the middle block.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        base_channels: int,
+        channel_mult: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (),
+        out_channels: int | None = None,
+        head_channels: int = 32,
+        dropout: float = 0.0,
+        num_classes: int | None = None,
+        downsample: str = "conv",
+        upsample: str = "nearest_conv",
+        scale_shift_norm: bool = True,
+        mid_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        channel_mult = tuple(channel_mult)
+        factor = 2 ** (len(channel_mult) - 1)
+        if image_size % factor:
+            raise ValueError(
+                f"image_size={image_size} must be divisible by 2**(len(channel_mult)-1)={factor} "
+                f"for channel_mult={list(channel_mult)}"
+            )
+        sizes = {image_size // 2**i for i in range(len(channel_mult))}
+        unused = sorted(set(attention_resolutions) - sizes)
+        if unused:
+            raise ValueError(
+                f"attention_resolutions {unused} are not feature-map sizes of this UNet; "
+                f"with image_size={image_size} and {len(channel_mult)} levels they are {sorted(sizes, reverse=True)}"
+            )
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.out_channels = out_channels or in_channels
+        self.num_classes = num_classes
+        emb_channels = 4 * base_channels
+        self.base_channels = base_channels
+
+        self.time_embed = nn.Sequential(
+            nn.Linear(base_channels, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels)
+        )
+        # One extra row: the "null" label used for unconditional predictions under guidance.
+        self.class_embed = nn.Embedding(num_classes + 1, emb_channels) if num_classes else None
+
+        def block(cin: int, cout: int, size: int) -> ResAttnBlock:
+            attn = SelfAttention(cout, head_channels) if size in attention_resolutions else None
+            return ResAttnBlock(ResBlock(cin, cout, emb_channels, dropout, scale_shift_norm), attn)
+
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        skip_channels = [base_channels]
+        ch, size = base_channels, image_size
+        self.down_levels = nn.ModuleList()
+        for level, mult in enumerate(channel_mult):
+            blocks = []
+            for _ in range(num_res_blocks):
+                blocks.append(block(ch, base_channels * mult, size))
+                ch = base_channels * mult
+                skip_channels.append(ch)
+            last = level == len(channel_mult) - 1
+            resample = None if last else make_downsample(downsample, ch, emb_channels)
+            self.down_levels.append(UNetLevel(blocks, resample))
+            if not last:
+                skip_channels.append(ch)
+                size //= 2
+
+        self.mid_block1 = ResBlock(ch, ch, emb_channels, dropout, scale_shift_norm)
+        self.mid_attn = SelfAttention(ch, head_channels) if mid_attention else None
+        self.mid_block2 = ResBlock(ch, ch, emb_channels, dropout, scale_shift_norm)
+
+        self.up_levels = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(channel_mult))):
+            blocks = []
+            for _ in range(num_res_blocks + 1):
+                blocks.append(block(ch + skip_channels.pop(), base_channels * mult, size))
+                ch = base_channels * mult
+            resample = make_upsample(upsample, ch, emb_channels) if level > 0 else None
+            self.up_levels.append(UNetLevel(blocks, resample))
+            if level > 0:
+                size *= 2
+
+        self.norm_out = group_norm(ch)
+        self.conv_out = zero_module(nn.Conv2d(ch, self.out_channels, 3, padding=1))
+
+    def embed(self, timesteps: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        """The embedding that conditions every block: timestep plus (optional) class."""
+        emb = self.time_embed(timestep_embedding(timesteps, self.base_channels))
+        if self.class_embed is not None:
+            if class_labels is None:
+                class_labels = torch.full_like(timesteps, self.num_classes, dtype=torch.long)
+            emb = emb + self.class_embed(class_labels)
+        elif class_labels is not None:
+            raise ValueError("class_labels were given to a UNet built without num_classes")
+        return emb
+
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(x.shape[0])
+        emb = self.embed(timesteps, class_labels)
+
+        h = self.conv_in(x)
+        skips = [h]
+        for level in self.down_levels:
+            for blk in level.blocks:
+                h = blk(h, emb)
+                skips.append(h)
+            if level.resample is not None:
+                h = level.resample(h, emb)
+                skips.append(h)
+
+        h = self.mid_block1(h, emb)
+        if self.mid_attn is not None:
+            h = self.mid_attn(h)
+        h = self.mid_block2(h, emb)
+
+        for level in self.up_levels:
+            for blk in level.blocks:
+                h = blk(torch.cat([h, skips.pop()], dim=1), emb)
+            if level.resample is not None:
+                h = level.resample(h, emb)
+
+        return self.conv_out(F.silu(self.norm_out(h)))

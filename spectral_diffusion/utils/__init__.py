@@ -1,0 +1,1 @@
+"""Small utilities: checkpoints, images, run bookkeeping."""

@@ -1,0 +1,122 @@
+"""Reading and writing checkpoints safely.
+
+- Checkpoints are only ever read with ``torch.load(weights_only=True)``: tensors and plain
+  containers, never pickled code. The run's config travels inside as a plain dict.
+- They are written atomically (temporary file, fsync, rename), so a crash or kill during a save
+  leaves the previous checkpoint intact.
+- Loading weights into a network of another architecture fails with an error that names the
+  mismatched keys, not a raw ``load_state_dict`` traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+#: Where this framework keeps its own metadata (config, git revision) inside a Lightning checkpoint.
+METADATA_KEY = "spectral_diffusion"
+#: Prefix of the network's parameters in the LightningModule's state_dict.
+NET_PREFIX = "net."
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's weights do not fit the network that was built (the message says how)."""
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint file with ``weights_only=True``, with clear errors for bad paths."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise RuntimeError(
+            f"cannot load checkpoint {path} with weights_only=True ({type(err).__name__}: {err}). "
+            "It is corrupt, truncated, or holds pickled objects that this framework refuses to load."
+        ) from err
+
+
+def checkpoint_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The resolved run config stored in a checkpoint of this framework, if any."""
+    return checkpoint.get(METADATA_KEY, {}).get("config")
+
+
+def network_state_dict(checkpoint: dict[str, Any], use_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The network's weights from a Lightning checkpoint of this framework.
+
+    With the EMA callback, ``state_dict`` holds the averaged weights and ``current_model_state``
+    the raw ones (Lightning's ``WeightAveraging`` layout); ``use_ema=False`` picks the raw ones.
+    """
+    if "state_dict" not in checkpoint:
+        raise CheckpointMismatchError("the checkpoint has no 'state_dict'; it is not a Lightning checkpoint")
+    state = checkpoint["state_dict"]
+    if not use_ema:
+        state = checkpoint.get("current_model_state", state)
+    return {k[len(NET_PREFIX) :]: v for k, v in state.items() if k.startswith(NET_PREFIX)}
+
+
+def describe_mismatch(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], limit: int = 8
+) -> str | None:
+    """Human-readable differences between two state dicts, or ``None`` if keys and shapes agree."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(found[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in found and tuple(found[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return None
+
+    def section(title: str, items: list[str]) -> str:
+        more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+        return f"\n  {title} ({len(items)}): " + ", ".join(items[:limit]) + more
+
+    text = ""
+    if missing:
+        text += section("missing from the checkpoint", missing)
+    if unexpected:
+        text += section("in the checkpoint but not in the model", unexpected)
+    if shapes:
+        text += section("shape mismatches", shapes)
+    return text
+
+
+def load_network_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``net`` strictly, or raise :class:`CheckpointMismatchError`."""
+    problem = describe_mismatch(net.state_dict(), state_dict)
+    if problem:
+        raise CheckpointMismatchError(
+            f"the weights in {source} do not fit the configured model (a different architecture or preset?):"
+            f"{problem}\nBuild the model the checkpoint was trained with (its config is stored inside), "
+            "or start a new run."
+        )
+    net.load_state_dict(state_dict)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes ``tmp -> fsync -> rename`` and reads with ``weights_only``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        return load_checkpoint(path, map_location=map_location or "cpu")
