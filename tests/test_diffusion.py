@@ -1,0 +1,130 @@
+"""The diffusion process and samplers against diffusers' schedulers, and their algebra."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler
+
+from spectral_diffusion.diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion, make_betas, spaced_timesteps
+
+SCHEDULES = [  # (ours, diffusers' name, beta_start, beta_end)
+    ("linear", "linear", 1e-4, 0.02),
+    ("scaled_linear", "scaled_linear", 0.0015, 0.0195),  # the LDM schedule
+    ("cosine", "squaredcos_cap_v2", 1e-4, 0.02),
+]
+PREDICTIONS = [("eps", "epsilon"), ("v", "v_prediction"), ("x0", "sample")]
+
+
+@pytest.mark.parametrize("ours,theirs,start,end", SCHEDULES)
+def test_alphas_cumprod_match_diffusers(ours, theirs, start, end):
+    diffusion = GaussianDiffusion(ours, 1000, start, end)
+    reference = DDPMScheduler(num_train_timesteps=1000, beta_start=start, beta_end=end, beta_schedule=theirs)
+    torch.testing.assert_close(diffusion.alphas_cumprod.float(), reference.alphas_cumprod, rtol=1e-5, atol=1e-7)
+
+
+def test_ldm_schedule_known_values():
+    betas = make_betas("scaled_linear", 1000, 0.0015, 0.0195)
+    assert betas[0].item() == pytest.approx(0.0015)
+    assert betas[-1].item() == pytest.approx(0.0195)
+    # The square roots, not the betas, are evenly spaced.
+    assert betas[499].item() == pytest.approx(((0.0015**0.5 + (0.0195**0.5 - 0.0015**0.5) * 499 / 999)) ** 2)
+
+
+def test_unknown_schedule_is_named():
+    with pytest.raises(ValueError, match="unknown noise schedule 'quadratic'"):
+        make_betas("quadratic")
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("steps", [10, 50, 37])
+def test_timestep_spacing_matches_diffusers(spacing, steps):
+    reference = DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing)
+    reference.set_timesteps(steps)
+    assert spaced_timesteps(1000, steps, spacing).tolist() == reference.timesteps.tolist()
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "x0"])
+def test_parameterisations_round_trip(prediction):
+    diffusion = GaussianDiffusion("cosine", prediction_type=prediction)
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 2, 4, 4, generator=gen, dtype=torch.float64), torch.randn(6, 2, 4, 4, generator=gen, dtype=torch.float64)
+    t = torch.tensor([0, 1, 100, 500, 900, 999])
+    x_t = diffusion.add_noise(x0, noise, t)
+    target = diffusion.training_target(x0, noise, t)
+    x0_hat, eps_hat = diffusion.predict_x0_eps(target, x_t, t)
+    torch.testing.assert_close(x0_hat, x0)
+    torch.testing.assert_close(eps_hat, noise)
+    # Converting to another parameterisation and back is exact too.
+    for other in ("eps", "v", "x0"):
+        out = diffusion.model_output_from(x0, noise, t, other)
+        torch.testing.assert_close(GaussianDiffusion("cosine", prediction_type=other).predict_x0_eps(out, x_t, t)[0], x0)
+
+
+def test_add_noise_matches_diffusers():
+    diffusion = GaussianDiffusion("scaled_linear", 1000, 0.0015, 0.0195)
+    reference = DDPMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear")
+    x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    torch.testing.assert_close(diffusion.add_noise(x0, noise, t), reference.add_noise(x0, noise, t), rtol=1e-5, atol=1e-5)
+
+
+def fake_model(x: torch.Tensor, t: int) -> torch.Tensor:
+    """A smooth deterministic stand-in for a network, the same for both samplers."""
+    return torch.tanh(x) * 0.8 + 0.1 * torch.cos(x * 3 + t / 100)
+
+
+def run_trajectories(ours, theirs, step_kwargs, seed=0, shape=(2, 3, 8, 8)):
+    x_ours = torch.randn(shape, generator=torch.Generator().manual_seed(123))
+    x_theirs = x_ours.clone()
+    g_ours, g_theirs = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist()
+    for t in ours.timesteps.tolist():
+        x_ours = ours.step(fake_model(x_ours, t), t, x_ours, g_ours)
+        x_theirs = theirs.step(fake_model(x_theirs, t), t, x_theirs, generator=g_theirs, **step_kwargs).prev_sample
+        torch.testing.assert_close(x_ours, x_theirs, rtol=1e-4, atol=1e-4, msg=f"diverged at t={t}")
+
+
+@pytest.mark.parametrize("prediction,theirs_prediction", PREDICTIONS)
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_ddim_steps_match_diffusers(prediction, theirs_prediction, eta, spacing):
+    diffusion = GaussianDiffusion("scaled_linear", 1000, 0.0015, 0.0195, prediction)
+    ours = DDIMSampler(diffusion, eta=eta, steps=25, timestep_spacing=spacing)
+    theirs = DDIMScheduler(
+        beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
+        prediction_type=theirs_prediction, timestep_spacing=spacing, set_alpha_to_one=True,
+    )
+    theirs.set_timesteps(25)
+    run_trajectories(ours, theirs, {"eta": eta})
+
+
+def test_ddim_clipping_matches_diffusers_clipped_model_output():
+    diffusion = GaussianDiffusion("linear")
+    ours = DDIMSampler(diffusion, eta=0.3, steps=20, clip_sample=True, clip_sample_range=1.0)
+    theirs = DDIMScheduler(clip_sample=True, clip_sample_range=1.0)
+    theirs.set_timesteps(20)
+    run_trajectories(ours, theirs, {"eta": 0.3, "use_clipped_model_output": True})
+
+
+@pytest.mark.parametrize("prediction,theirs_prediction", PREDICTIONS)
+@pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
+def test_ddpm_steps_match_diffusers(prediction, theirs_prediction, variance):
+    diffusion = GaussianDiffusion("linear", 1000, 1e-4, 0.02, prediction)
+    ours = DDPMSampler(diffusion, variance_type=variance, steps=1000, clip_sample=True)
+    theirs = DDPMScheduler(variance_type=variance, prediction_type=theirs_prediction, clip_sample=True)
+    theirs.set_timesteps(1000)
+    run_trajectories(ours, theirs, {}, shape=(1, 2, 4, 4))
+
+
+def test_respaced_ddpm_matches_diffusers():
+    diffusion = GaussianDiffusion("cosine")
+    ours = DDPMSampler(diffusion, steps=40, clip_sample=False)
+    theirs = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    theirs.set_timesteps(40)
+    run_trajectories(ours, theirs, {})
+
+
+def test_bad_step_count_is_named():
+    with pytest.raises(ValueError, match="num_inference_steps must be in"):
+        DDIMSampler(GaussianDiffusion(), steps=0)
