@@ -22,6 +22,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from spectral_diffusion.diffusion.samplers import sample
 from spectral_diffusion.evaluation.cost import count_gmacs, count_params
 from spectral_diffusion.training.build import ConfigError, build_diffusion, build_network, build_sampler
 from spectral_diffusion.utils.checkpoint import (
@@ -30,7 +31,6 @@ from spectral_diffusion.utils.checkpoint import (
     load_network_weights,
     network_state_dict,
 )
-from spectral_diffusion.diffusion.samplers import sample
 from spectral_diffusion.utils.images import save_grid
 from spectral_diffusion.utils.run import git_revision, register_resolvers, task_wrapper
 
@@ -98,7 +98,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             net.eval()
             start = time.perf_counter()
             images = sample(
-                net, sampler, (cfg.num_samples, *shape), torch.Generator().manual_seed(cfg.seed), device, class_labels=labels
+                net,
+                sampler,
+                (cfg.num_samples, *shape),
+                torch.Generator().manual_seed(cfg.seed),
+                device,
+                class_labels=labels,
             )
             metrics["sampling_s"] = time.perf_counter() - start
             metrics["sampler"] = f"{type(sampler).__name__}({sampler.num_inference_steps} steps)"

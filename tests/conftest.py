@@ -34,7 +34,7 @@ def fmnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         labels = rng.integers(0, 10, n).astype(np.uint8)
         images = np.zeros((n, 28, 28), np.uint8)
         for i, label in enumerate(labels):
-            images[i, 4 : 24, 4 + label : 14 + label] = 200  # a bar whose position encodes the class
+            images[i, 4:24, 4 + label : 14 + label] = 200  # a bar whose position encodes the class
         write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
         write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
     return root

@@ -86,7 +86,13 @@ def test_ddim_50_steps_reproduces_gaussian(name):
 def test_ddpm_1000_steps_reproduces_gaussian(name):
     diffusion = PROCESSES[name]
     sampler = DDPMSampler(diffusion, steps=1000)
-    x = sample(exact_eps_predictor(diffusion, MU, SIGMA), sampler, (N, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = sample(
+        exact_eps_predictor(diffusion, MU, SIGMA),
+        sampler,
+        (N, 2),
+        torch.Generator().manual_seed(1),
+        dtype=torch.float64,
+    )
     mean, cov = moments(x)
     assert (mean - MU).abs().max() < MEAN_TOL
     assert (cov - SIGMA).abs().max() < COV_MC_TOL

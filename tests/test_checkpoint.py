@@ -51,8 +51,14 @@ def test_architecture_mismatch_names_keys():
     small = UNet(16, 1, 8, (1, 2), 1, head_channels=8)
     wider = UNet(16, 1, 16, (1, 2), 1, head_channels=8)
     deeper = UNet(16, 1, 8, (1, 2, 2), 1, head_channels=8)
-    with pytest.raises(CheckpointMismatchError, match=r"shape mismatches .*conv_in.weight: checkpoint \(16, 1, 3, 3\) vs model \(8, 1, 3, 3\)"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"shape mismatches .*conv_in.weight: checkpoint \(16, 1, 3, 3\) vs model \(8, 1, 3, 3\)",
+    ):
         load_network_weights(small, wider.state_dict(), "wide.ckpt")
-    with pytest.raises(CheckpointMismatchError, match=r"in the checkpoint but not in the model \(38\): down_levels.1.resample.conv.weight"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"in the checkpoint but not in the model \(38\): down_levels.1.resample.conv.weight",
+    ):
         load_network_weights(small, deeper.state_dict(), "deep.ckpt")
     load_network_weights(small, UNet(16, 1, 8, (1, 2), 1, head_channels=8).state_dict(), "same.ckpt")

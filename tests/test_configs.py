@@ -34,7 +34,11 @@ def test_every_model_preset_instantiates(preset, tmp_path):
 
 @pytest.mark.parametrize(
     "group,option",
-    [(g, o) for g in ("diffusion", "sampler", "loss", "data", "module", "trainer", "logger", "callbacks") for o in options(g)],
+    [
+        (g, o)
+        for g in ("diffusion", "sampler", "loss", "data", "module", "trainer", "logger", "callbacks")
+        for o in options(g)
+    ],
 )
 def test_every_group_option_composes_and_instantiates(group, option, tmp_path, fmnist_root):
     overrides = [f"{group}={option}", f"data.root={fmnist_root}"] if group != "data" else [f"{group}={option}"]
@@ -53,8 +57,14 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path, f
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_runs_a_step(experiment, train_cfg):
-    cfg = train_cfg(f"experiment={experiment}", "trainer.max_steps=1", "trainer.accelerator=cpu",
-                    "trainer.precision=32-true", "data.num_workers=0", "run_name=exp")
+    cfg = train_cfg(
+        f"experiment={experiment}",
+        "trainer.max_steps=1",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "data.num_workers=0",
+        "run_name=exp",
+    )
     assert cfg.trainer.max_steps == 1
     train(cfg)
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()

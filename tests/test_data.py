@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from spectral_diffusion.data import DataNotFoundError, FashionMNISTDataModule
-from spectral_diffusion.data import fashion_mnist
+from spectral_diffusion.data import DataNotFoundError, FashionMNISTDataModule, fashion_mnist
 from spectral_diffusion.data.fashion_mnist import locate_fashion_mnist, read_idx
 
 from .conftest import write_idx
@@ -85,7 +84,9 @@ def test_debian_location_is_used_without_root(tmp_path, monkeypatch, fmnist_root
     assert locate_fashion_mnist(None, download=False, download_dir=tmp_path) == fmnist_root
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed"
+)
 def test_real_debian_fashion_mnist():
     dm = FashionMNISTDataModule(download=False, batch_size=16)
     dm.setup("fit")

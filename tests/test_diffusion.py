@@ -28,7 +28,7 @@ def test_ldm_schedule_known_values():
     assert betas[0].item() == pytest.approx(0.0015)
     assert betas[-1].item() == pytest.approx(0.0195)
     # The square roots, not the betas, are evenly spaced.
-    assert betas[499].item() == pytest.approx(((0.0015**0.5 + (0.0195**0.5 - 0.0015**0.5) * 499 / 999)) ** 2)
+    assert betas[499].item() == pytest.approx((0.0015**0.5 + (0.0195**0.5 - 0.0015**0.5) * 499 / 999) ** 2)
 
 
 def test_unknown_schedule_is_named():
@@ -48,7 +48,10 @@ def test_timestep_spacing_matches_diffusers(spacing, steps):
 def test_parameterisations_round_trip(prediction):
     diffusion = GaussianDiffusion("cosine", prediction_type=prediction)
     gen = torch.Generator().manual_seed(0)
-    x0, noise = torch.randn(6, 2, 4, 4, generator=gen, dtype=torch.float64), torch.randn(6, 2, 4, 4, generator=gen, dtype=torch.float64)
+    x0, noise = (
+        torch.randn(6, 2, 4, 4, generator=gen, dtype=torch.float64),
+        torch.randn(6, 2, 4, 4, generator=gen, dtype=torch.float64),
+    )
     t = torch.tensor([0, 1, 100, 500, 900, 999])
     x_t = diffusion.add_noise(x0, noise, t)
     target = diffusion.training_target(x0, noise, t)
@@ -58,7 +61,9 @@ def test_parameterisations_round_trip(prediction):
     # Converting to another parameterisation and back is exact too.
     for other in ("eps", "v", "x0"):
         out = diffusion.model_output_from(x0, noise, t, other)
-        torch.testing.assert_close(GaussianDiffusion("cosine", prediction_type=other).predict_x0_eps(out, x_t, t)[0], x0)
+        torch.testing.assert_close(
+            GaussianDiffusion("cosine", prediction_type=other).predict_x0_eps(out, x_t, t)[0], x0
+        )
 
 
 def test_add_noise_matches_diffusers():
@@ -66,7 +71,9 @@ def test_add_noise_matches_diffusers():
     reference = DDPMScheduler(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear")
     x0, noise = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
     t = torch.tensor([0, 10, 500, 999])
-    torch.testing.assert_close(diffusion.add_noise(x0, noise, t), reference.add_noise(x0, noise, t), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        diffusion.add_noise(x0, noise, t), reference.add_noise(x0, noise, t), rtol=1e-5, atol=1e-5
+    )
 
 
 def fake_model(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -92,8 +99,13 @@ def test_ddim_steps_match_diffusers(prediction, theirs_prediction, eta, spacing)
     diffusion = GaussianDiffusion("scaled_linear", 1000, 0.0015, 0.0195, prediction)
     ours = DDIMSampler(diffusion, eta=eta, steps=25, timestep_spacing=spacing)
     theirs = DDIMScheduler(
-        beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
-        prediction_type=theirs_prediction, timestep_spacing=spacing, set_alpha_to_one=True,
+        beta_start=0.0015,
+        beta_end=0.0195,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        prediction_type=theirs_prediction,
+        timestep_spacing=spacing,
+        set_alpha_to_one=True,
     )
     theirs.set_timesteps(25)
     run_trajectories(ours, theirs, {"eta": eta})

@@ -87,8 +87,17 @@ def test_every_resampling_layer_plugs_in(down, up):
 def test_timestep_embedding_known_values():
     emb = timestep_embedding(torch.tensor([0.0, 1.0]), 4, max_period=10000.0)
     # frequencies 1 and 1e-2; cos first, then sin.
-    expected = torch.tensor([[1.0, 1.0, 0.0, 0.0], [torch.cos(torch.tensor(1.0)), torch.cos(torch.tensor(0.01)),
-                                                   torch.sin(torch.tensor(1.0)), torch.sin(torch.tensor(0.01))]])
+    expected = torch.tensor(
+        [
+            [1.0, 1.0, 0.0, 0.0],
+            [
+                torch.cos(torch.tensor(1.0)),
+                torch.cos(torch.tensor(0.01)),
+                torch.sin(torch.tensor(1.0)),
+                torch.sin(torch.tensor(0.01)),
+            ],
+        ]
+    )
     torch.testing.assert_close(emb, expected)
 
 

@@ -65,7 +65,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(shape))
     if len(data) - offset != expected:
-        raise ValueError(f"{path}: header says shape {shape} ({expected} bytes) but the file holds {len(data) - offset}")
+        raise ValueError(
+            f"{path}: header says shape {shape} ({expected} bytes) but the file holds {len(data) - offset}"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
@@ -215,7 +217,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
         folder = locate_fashion_mnist(self.root, download=False, download_dir=self.download_dir)
         self.train_set = GrayscaleImageDataset(*load_split(folder, "train"), self.pad_to, self.random_flip)
         self.val_set = GrayscaleImageDataset(*load_split(folder, "test"), self.pad_to, random_flip=False)
-        log.info("Fashion-MNIST from %s: %d train, %d validation images", folder, len(self.train_set), len(self.val_set))
+        log.info(
+            "Fashion-MNIST from %s: %d train, %d validation images", folder, len(self.train_set), len(self.val_set)
+        )
 
     def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
         return DataLoader(

@@ -11,7 +11,7 @@ clipped x0 (diffusers' ``use_clipped_model_output=True``), which keeps the updat
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -64,7 +64,7 @@ class Sampler:
         self.num_inference_steps = num_inference_steps
         self.timesteps = spaced_timesteps(self.diffusion.num_timesteps, num_inference_steps, self.timestep_spacing)
         # The step after the last one is -1, where alpha_bar is 1 (diffusers' set_alpha_to_one).
-        self._previous = dict(zip(self.timesteps.tolist(), self.timesteps[1:].tolist() + [-1]))
+        self._previous = dict(zip(self.timesteps.tolist(), self.timesteps[1:].tolist() + [-1], strict=True))
 
     def previous_timestep(self, timestep: int) -> int:
         return self._previous[int(timestep)]
@@ -75,7 +75,9 @@ class Sampler:
         a = self.diffusion.alpha_bar(t, torch.empty(2, dtype=torch.float64))
         return a[0], a[1]
 
-    def _x0_eps(self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def _x0_eps(
+        self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
         t = torch.full((sample.shape[0],), int(timestep))
         x0, eps = self.diffusion.predict_x0_eps(model_output, sample, t)
         clipped = False

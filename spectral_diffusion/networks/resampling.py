@@ -12,7 +12,7 @@ timestep embedding; layers that do not use it ignore it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

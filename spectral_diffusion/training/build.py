@@ -7,6 +7,7 @@ exactly the model that wrote it.
 from __future__ import annotations
 
 import logging
+
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf

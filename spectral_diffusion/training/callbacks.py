@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class SampleGrid(L.Callback):
         self.num_samples = num_samples
         self.seed = seed
         self.scale = scale
+        self._last_written: tuple[int, Path] | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -78,7 +80,11 @@ class SampleGrid(L.Callback):
             self.write(trainer, pl_module, f"step_{step:07d}.png")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.write(trainer, pl_module, "final.png")
+        if self._last_written and self._last_written[0] == trainer.global_step and trainer.is_global_zero:
+            # The periodic grid of this very step is the final one: copy it instead of sampling again.
+            shutil.copyfile(self._last_written[1], self.dirpath / "final.png")
+        else:
+            self.write(trainer, pl_module, "final.png")
 
     @rank_zero_only
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Path | None:
@@ -91,6 +97,7 @@ class SampleGrid(L.Callback):
         with context:
             images = pl_module.generate(self.num_samples, torch.Generator().manual_seed(self.seed), labels)
         path = save_grid(images, self.dirpath / name, scale=self.scale)
+        self._last_written = (trainer.global_step, path)
         log.info("wrote sample grid %s", path)
         self._log_image(trainer, images, name)
         return path

@@ -8,7 +8,8 @@ parameterisation lives in ``self.diffusion`` (``diffusion/process.py``), samplin
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -43,7 +44,8 @@ class DiffusionModule(L.LightningModule):
         diffusion: the Gaussian diffusion process.
         loss: a callable ``(net, x0, class_labels, generator) -> scalar loss``.
         sampler: the sampler used for sample grids during training.
-        optimizer: a partially built optimizer (``_partial_: true``), given the parameters here.
+        optimizer: a partially built optimizer (``_partial_: true``), given the parameters here;
+            AdamW with lr 2e-4 if ``None``.
         warmup_steps: linear learning-rate warm-up length in optimizer steps.
         seed: base seed of the per-step randomness (see :func:`step_generator`).
         channels_last: keep the network and its inputs in channels-last memory format (faster
@@ -57,7 +59,7 @@ class DiffusionModule(L.LightningModule):
         diffusion: GaussianDiffusion,
         loss: Callable[..., torch.Tensor],
         sampler: Sampler,
-        optimizer: Callable[..., torch.optim.Optimizer] = functools.partial(torch.optim.AdamW, lr=2e-4),
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         warmup_steps: int = 0,
         seed: int = 0,
         channels_last: bool = True,
@@ -68,7 +70,7 @@ class DiffusionModule(L.LightningModule):
         self.diffusion = diffusion
         self.loss = loss
         self.sampler = sampler
-        self.optimizer_factory = optimizer
+        self.optimizer_factory = optimizer or functools.partial(torch.optim.AdamW, lr=2e-4)
         self.warmup_steps = warmup_steps
         self.seed = seed
         self.channels_last = channels_last

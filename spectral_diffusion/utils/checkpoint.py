@@ -62,9 +62,7 @@ def network_state_dict(checkpoint: dict[str, Any], use_ema: bool = True) -> dict
     return {k[len(NET_PREFIX) :]: v for k, v in state.items() if k.startswith(NET_PREFIX)}
 
 
-def describe_mismatch(
-    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], limit: int = 8
-) -> str | None:
+def describe_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], limit: int = 8) -> str | None:
     """Human-readable differences between two state dicts, or ``None`` if keys and shapes agree."""
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]

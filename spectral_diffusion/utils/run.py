@@ -7,8 +7,9 @@ import json
 import logging
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +20,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 def git_revision(repo: Path = PACKAGE_ROOT) -> dict[str, Any]:
     """The commit the code runs from and whether the working tree has uncommitted changes."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=10
