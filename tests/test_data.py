@@ -93,3 +93,27 @@ def test_real_debian_fashion_mnist():
     assert len(dm.train_set) == 60000 and len(dm.val_set) == 10000
     counts = torch.bincount(dm.train_set.labels, minlength=10)
     assert (counts == 6000).all()  # Fashion-MNIST is exactly balanced
+
+
+def test_download_fallback_goes_through_torchvision(tmp_path, monkeypatch, fmnist_root):
+    """With nothing on disk and download=true, torchvision's FashionMNIST fetches into download_dir."""
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeFashionMNIST:  # stands in for the network download: writes the same four files
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            raw = Path(root) / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for f in fmnist_root.iterdir():
+                (raw / f.name).write_bytes(f.read_bytes())
+
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
+    found = locate_fashion_mnist(None, download=True, download_dir=tmp_path / "data")
+    assert found == tmp_path / "data" / "FashionMNIST" / "raw"
+    assert [c[1] for c in calls] == [True, False] and all(c[2] for c in calls)
+    # A second call finds the download without fetching again.
+    assert locate_fashion_mnist(None, download=True, download_dir=tmp_path / "data") == found
+    assert len(calls) == 2

@@ -106,3 +106,11 @@ def test_dry_run_prints_config_and_trains_nothing(train_cfg, capsys):
     assert train(cfg) is None
     assert "_target_: spectral_diffusion.networks.UNet" in capsys.readouterr().out
     assert not (run_dir(cfg) / "checkpoints").exists()
+
+
+def test_output_dir_override_moves_the_run(train_cfg, tmp_path):
+    cfg = train_cfg(f"paths.output_dir={tmp_path}/elsewhere")
+    train(cfg)
+    assert (tmp_path / "elsewhere" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "elsewhere" / "samples" / "final.png").is_file()
+    assert (tmp_path / "elsewhere" / "config.yaml").is_file()
