@@ -18,13 +18,17 @@ def count_params(module: nn.Module, trainable_only: bool = False) -> int:
 
 
 @torch.no_grad()
-def count_gmacs(
+def gmacs_by_op(
     net: nn.Module,
     input_shape: tuple[int, ...],
     class_conditional: bool = False,
     device: torch.device | str | None = None,
-) -> float:
-    """GMACs of one forward pass of ``net`` on a single sample of ``input_shape`` = (C, H, W)."""
+) -> dict[str, float]:
+    """GMACs of one forward pass of ``net`` on one sample of ``input_shape`` = (C, H, W), per aten op.
+
+    Typically ``convolution`` and ``addmm``/``mm`` (linear layers) and ``bmm`` or
+    ``_scaled_dot_product_*`` (the attention score and value products).
+    """
     device = device or next(net.parameters()).device
     x = torch.zeros(1, *input_shape, device=device)
     t = torch.full((1,), 500, device=device, dtype=torch.long)
@@ -36,4 +40,19 @@ def count_gmacs(
             net(x, t, labels)
     finally:
         net.train(was_training)
-    return counter.get_total_flops() / 2 / 1e9
+    return {str(op).removeprefix("aten."): flops / 2 / 1e9 for op, flops in counter.get_flop_counts()["Global"].items()}
+
+
+def count_gmacs(
+    net: nn.Module,
+    input_shape: tuple[int, ...],
+    class_conditional: bool = False,
+    device: torch.device | str | None = None,
+) -> float:
+    """GMACs of one forward pass of ``net`` on a single sample of ``input_shape`` = (C, H, W)."""
+    return sum(gmacs_by_op(net, input_shape, class_conditional, device).values())
+
+
+def attention_product_ops(by_op: dict[str, float]) -> float:
+    """The part of :func:`gmacs_by_op` spent in attention's QK^T and AV products."""
+    return sum(v for k, v in by_op.items() if k == "bmm" or "scaled_dot_product" in k)

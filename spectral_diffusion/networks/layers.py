@@ -65,29 +65,37 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        return self.skip(x) + self._second_half(self.conv1(F.silu(self.norm1(x))), emb)
+
+    def _second_half(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """Timestep conditioning, then norm -> SiLU -> dropout -> conv2 of the residual branch."""
         emb_out = self.emb_proj(F.silu(emb))[:, :, None, None].to(h.dtype)
         if self.scale_shift_norm:
             scale, shift = emb_out.chunk(2, dim=1)
             h = self.norm2(h) * (1 + scale) + shift
         else:
             h = self.norm2(h + emb_out)
-        h = self.conv2(self.dropout(F.silu(h)))
-        return self.skip(x) + h
+        return self.conv2(self.dropout(F.silu(h)))
 
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the spatial positions, through ``scaled_dot_product_attention``.
 
     ``head_channels`` fixes the width of each head (LDM's ``num_head_channels``), so the number of
-    heads grows with the channel count.
+    heads grows with the channel count; ``num_heads``, if given, fixes the head count instead (LDM's
+    ``num_heads``).
     """
 
-    def __init__(self, channels: int, head_channels: int = 32) -> None:
+    def __init__(self, channels: int, head_channels: int = 32, num_heads: int | None = None) -> None:
         super().__init__()
-        if channels % head_channels:
-            raise ValueError(f"attention channels {channels} are not divisible by head_channels={head_channels}")
-        self.num_heads = channels // head_channels
+        if num_heads is not None:
+            if channels % num_heads:
+                raise ValueError(f"attention channels {channels} are not divisible by num_heads={num_heads}")
+            self.num_heads = num_heads
+        else:
+            if channels % head_channels:
+                raise ValueError(f"attention channels {channels} are not divisible by head_channels={head_channels}")
+            self.num_heads = channels // head_channels
         self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spectral_diffusion.networks.layers import ResBlock
+
 DOWNSAMPLERS: dict[str, type[nn.Module]] = {}
 UPSAMPLERS: dict[str, type[nn.Module]] = {}
 
@@ -48,14 +50,21 @@ def _lookup(registry: dict[str, type[nn.Module]], name: str, kind: str) -> type[
     return registry[name]
 
 
-def make_downsample(name: str, channels: int, emb_channels: int) -> nn.Module:
-    """Build the downsampling layer registered under ``name``."""
-    return _lookup(DOWNSAMPLERS, name, "downsample")(channels, emb_channels)
+def _build(cls: type[nn.Module], kind: str, channels: int, emb_channels: int, options: dict) -> nn.Module:
+    try:
+        return cls(channels, emb_channels, **options)
+    except TypeError as err:
+        raise ValueError(f"bad {kind}_options {options} for {cls.__name__}: {err}") from err
 
 
-def make_upsample(name: str, channels: int, emb_channels: int) -> nn.Module:
-    """Build the upsampling layer registered under ``name``."""
-    return _lookup(UPSAMPLERS, name, "upsample")(channels, emb_channels)
+def make_downsample(name: str, channels: int, emb_channels: int, **options) -> nn.Module:
+    """Build the downsampling layer registered under ``name`` (``options``: its extra arguments)."""
+    return _build(_lookup(DOWNSAMPLERS, name, "downsample"), "downsample", channels, emb_channels, options)
+
+
+def make_upsample(name: str, channels: int, emb_channels: int, **options) -> nn.Module:
+    """Build the upsampling layer registered under ``name`` (``options``: its extra arguments)."""
+    return _build(_lookup(UPSAMPLERS, name, "upsample"), "upsample", channels, emb_channels, options)
 
 
 @register_downsample("conv")
@@ -101,4 +110,39 @@ class NearestUpsample(nn.Module):
         super().__init__()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+class _ResampleResBlock(ResBlock):
+    """A residual block that resamples inside both branches (ADM/LDM ``resblock_updown``).
+
+    Main branch: norm -> SiLU -> resample -> conv -> (+emb) -> norm -> SiLU -> conv; skip: resample.
+    """
+
+    def __init__(
+        self, channels: int, emb_channels: int, dropout: float = 0.0, scale_shift_norm: bool = True
+    ) -> None:
+        super().__init__(channels, channels, emb_channels, dropout, scale_shift_norm)
+
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.resample(F.silu(self.norm1(x))))
+        return self.resample(x) + self._second_half(h, emb)
+
+
+@register_downsample("resblock")
+class ResBlockDownsample(_ResampleResBlock):
+    """Residual block with 2x2 average pooling in both branches (LDM ``resblock_updown: true``)."""
+
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, 2)
+
+
+@register_upsample("resblock")
+class ResBlockUpsample(_ResampleResBlock):
+    """Residual block with nearest 2x upsampling in both branches (LDM ``resblock_updown: true``)."""
+
+    def resample(self, x: torch.Tensor) -> torch.Tensor:
         return F.interpolate(x, scale_factor=2.0, mode="nearest")

@@ -69,10 +69,14 @@ class UNet(nn.Module):
         attention_resolutions: feature-map sizes that get self-attention after each ResBlock.
         out_channels: output channels; defaults to ``in_channels``.
         head_channels: channels per attention head.
+        num_heads: a fixed number of attention heads instead (overrides ``head_channels``).
         dropout: dropout inside the residual blocks.
         num_classes: if set, the network is class-conditional. Label ``num_classes`` is the
             "no class" label that classifier-free guidance uses.
-        downsample, upsample: names of the resampling layers (see ``networks/resampling.py``).
+        downsample, upsample: names of the resampling layers (see ``networks/resampling.py``), e.g.
+            ``conv`` / ``nearest_conv`` (LDM) or ``wavelet_gated`` (Spectral Diffusion).
+        downsample_options, upsample_options: extra arguments of those layers, e.g.
+            ``{wavelet: haar, reduction: 4, timestep_gates: false}`` for the wavelet-gated ones.
         scale_shift_norm: timestep embedding as scale and shift of the second norm (ADM) or added.
         mid_attention: self-attention in the middle block.
     """
@@ -87,10 +91,13 @@ class UNet(nn.Module):
         attention_resolutions: Sequence[int] = (),
         out_channels: int | None = None,
         head_channels: int = 32,
+        num_heads: int | None = None,
         dropout: float = 0.0,
         num_classes: int | None = None,
         downsample: str = "conv",
         upsample: str = "nearest_conv",
+        downsample_options: dict | None = None,
+        upsample_options: dict | None = None,
         scale_shift_norm: bool = True,
         mid_attention: bool = True,
     ) -> None:
@@ -123,7 +130,7 @@ class UNet(nn.Module):
         self.class_embed = nn.Embedding(num_classes + 1, emb_channels) if num_classes else None
 
         def block(cin: int, cout: int, size: int) -> ResAttnBlock:
-            attn = SelfAttention(cout, head_channels) if size in attention_resolutions else None
+            attn = SelfAttention(cout, head_channels, num_heads) if size in attention_resolutions else None
             return ResAttnBlock(ResBlock(cin, cout, emb_channels, dropout, scale_shift_norm), attn)
 
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
@@ -137,14 +144,14 @@ class UNet(nn.Module):
                 ch = base_channels * mult
                 skip_channels.append(ch)
             last = level == len(channel_mult) - 1
-            resample = None if last else make_downsample(downsample, ch, emb_channels)
+            resample = None if last else make_downsample(downsample, ch, emb_channels, **(downsample_options or {}))
             self.down_levels.append(UNetLevel(blocks, resample))
             if not last:
                 skip_channels.append(ch)
                 size //= 2
 
         self.mid_block1 = ResBlock(ch, ch, emb_channels, dropout, scale_shift_norm)
-        self.mid_attn = SelfAttention(ch, head_channels) if mid_attention else None
+        self.mid_attn = SelfAttention(ch, head_channels, num_heads) if mid_attention else None
         self.mid_block2 = ResBlock(ch, ch, emb_channels, dropout, scale_shift_norm)
 
         self.up_levels = nn.ModuleList()
@@ -153,7 +160,7 @@ class UNet(nn.Module):
             for _ in range(num_res_blocks + 1):
                 blocks.append(block(ch + skip_channels.pop(), base_channels * mult, size))
                 ch = base_channels * mult
-            resample = make_upsample(upsample, ch, emb_channels) if level > 0 else None
+            resample = make_upsample(upsample, ch, emb_channels, **(upsample_options or {})) if level > 0 else None
             self.up_levels.append(UNetLevel(blocks, resample))
             if level > 0:
                 size *= 2
