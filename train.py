@@ -40,7 +40,7 @@ def instantiate_collection(cfg: DictConfig | None) -> list[Any]:
 
 def check_checkpoint_fits(module: L.LightningModule, ckpt_path: str) -> None:
     """Refuse, naming the mismatched keys, a checkpoint whose network differs from the configured one."""
-    checkpoint = load_checkpoint(ckpt_path, map_location="cpu")
+    checkpoint = load_checkpoint(ckpt_path, map_location="cpu", mmap=True)  # keys and shapes only
     problem = describe_mismatch(module.net.state_dict(), network_state_dict(checkpoint, use_ema=False))
     if problem:
         stored = (checkpoint_config(checkpoint) or {}).get("model")

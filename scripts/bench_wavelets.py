@@ -95,9 +95,7 @@ def agreement(fn: Callable, x: torch.Tensor) -> str:
     with torch.no_grad():
         ref_bands, ref_rec = ours(x)
         bands, rec = fn(x)
-        band_err = max(
-            min((bands[:, i] - s * ref_bands[:, i]).abs().max().item() for s in (1, -1)) for i in range(4)
-        )
+        band_err = max(min((bands[:, i] - s * ref_bands[:, i]).abs().max().item() for s in (1, -1)) for i in range(4))
         rec_err = (rec[..., : x.shape[-2], : x.shape[-1]] - ref_rec).abs().max().item()
     return f"{band_err:.1e} / {rec_err:.1e}"
 

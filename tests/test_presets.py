@@ -27,8 +27,12 @@ def diffusers_like(channels: tuple[int, ...], image_size: int, in_channels: int)
     """diffusers' UNet2DModel laid out as the CompVis LDM-4 UNet: attention in all but the first level."""
     n = len(channels)
     return UNet2DModel(
-        sample_size=image_size, in_channels=in_channels, out_channels=in_channels, block_out_channels=channels,
-        layers_per_block=2, attention_head_dim=32,
+        sample_size=image_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=channels,
+        layers_per_block=2,
+        attention_head_dim=32,
         down_block_types=("DownBlock2D",) + ("AttnDownBlock2D",) * (n - 1),
         up_block_types=("AttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
     )
@@ -48,10 +52,13 @@ def test_hand_count_of_a_small_conv_stack():
     net = UNet(8, 1, 4, (1,), 1, (), mid_attention=False)
     hw, e = 8 * 8, 16  # positions; embedding width 4 * base
     conv3 = lambda cin, cout: cout * cin * 9 * hw  # noqa: E731
-    res = lambda cin, cout: conv3(cin, cout) + e * 2 * cout + conv3(cout, cout) + (0 if cin == cout else cout * cin * hw)  # noqa: E731
+    res = lambda cin, cout: (
+        conv3(cin, cout) + e * 2 * cout + conv3(cout, cout) + (0 if cin == cout else cout * cin * hw)
+    )  # noqa: E731
     expected = (
         conv3(1, 4)  # conv_in
-        + 4 * 16 + 16 * 16  # timestep MLP
+        + 4 * 16
+        + 16 * 16  # timestep MLP
         + res(4, 4)  # down
         + 2 * res(4, 4)  # middle
         + 2 * res(8, 4)  # up, each on [h, skip]

@@ -58,9 +58,19 @@ def test_gates_weigh_each_band():
 
 def test_unet_with_wavelet_gating_trains():
     torch.manual_seed(0)
-    net = UNet(16, 3, 16, (1, 2), 1, (8,), head_channels=8, downsample="wavelet_gated", upsample="wavelet_gated",
-               downsample_options={"wavelet": "db2", "reduction": 2},
-               upsample_options={"wavelet": "haar", "timestep_gates": True})
+    net = UNet(
+        16,
+        3,
+        16,
+        (1, 2),
+        1,
+        (8,),
+        head_channels=8,
+        downsample="wavelet_gated",
+        upsample="wavelet_gated",
+        downsample_options={"wavelet": "db2", "reduction": 2},
+        upsample_options={"wavelet": "haar", "timestep_gates": True},
+    )
     assert isinstance(net.down_levels[0].resample, WaveletGatedDownsample)
     assert net.down_levels[0].resample.dwt.wavelet == "db2"
     assert isinstance(net.up_levels[0].resample, WaveletGatedUpsample)

@@ -33,7 +33,9 @@ def test_idwt_matches_pywt_on_arbitrary_coefficients(wavelet, dtype, tol):
     rng = np.random.default_rng(1)
     bands = [rng.standard_normal((2, 3, 8, 6)) for _ in range(4)]
     ref = pywt.idwt2((bands[0], tuple(bands[1:])), wavelet, mode="periodization", axes=(-2, -1))
-    ours = idwt2((torch.from_numpy(bands[0]).to(dtype), tuple(torch.from_numpy(b).to(dtype) for b in bands[1:])), wavelet)
+    ours = idwt2(
+        (torch.from_numpy(bands[0]).to(dtype), tuple(torch.from_numpy(b).to(dtype) for b in bands[1:])), wavelet
+    )
     np.testing.assert_allclose(ours.double().numpy(), ref, atol=tol, rtol=0)
 
 

@@ -52,6 +52,8 @@ class GaussianDiffusion:
         self.prediction_type = prediction_type
         self.betas = make_betas(schedule, num_timesteps, beta_start, beta_end)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        # alpha_bar with a leading 1 for t = -1, so that "before the first step" is a plain lookup.
+        self._alpha_bar_table = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
 
     def describe(self) -> dict:
         """The settings that define this process (compared between teacher and student, logged)."""
@@ -69,8 +71,7 @@ class GaussianDiffusion:
 
         A negative timestep means "before the first step", where alpha_bar is 1.
         """
-        table = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
-        values = table[(t.detach().cpu().long() + 1).clamp(min=0)]
+        values = self._alpha_bar_table[(t.detach().cpu().long() + 1).clamp(min=0)]
         return values.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:

@@ -77,14 +77,13 @@ class Sampler:
 
     def _x0_eps(
         self, model_output: torch.Tensor, timestep: int, sample: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x0, eps) predicted from the model output; x0 clipped if ``clip_sample``."""
         t = torch.full((sample.shape[0],), int(timestep))
         x0, eps = self.diffusion.predict_x0_eps(model_output, sample, t)
-        clipped = False
         if self.clip_sample:
             x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
-            clipped = True
-        return x0, eps, clipped
+        return x0, eps
 
     def step(
         self,
@@ -119,7 +118,7 @@ class DDPMSampler(Sampler):
         a_t, a_prev = self._alpha_bars(timestep)
         alpha_t = a_t / a_prev  # alpha of the (possibly skipped-over) transition t -> t'
         beta_t = 1 - alpha_t
-        x0, _, _ = self._x0_eps(model_output, timestep, sample)
+        x0, _ = self._x0_eps(model_output, timestep, sample)
         x0_coef = (a_prev.sqrt() * beta_t / (1 - a_t)).item()
         xt_coef = (alpha_t.sqrt() * (1 - a_prev) / (1 - a_t)).item()
         mean = x0_coef * x0 + xt_coef * sample
@@ -141,8 +140,8 @@ class DDIMSampler(Sampler):
 
     def step(self, model_output, timestep, sample, generator=None):
         a_t, a_prev = self._alpha_bars(timestep)
-        x0, eps, clipped = self._x0_eps(model_output, timestep, sample)
-        if clipped:
+        x0, eps = self._x0_eps(model_output, timestep, sample)
+        if self.clip_sample:  # keep eps consistent with the clipped x0
             eps = (sample - a_t.sqrt().item() * x0) / (1 - a_t).sqrt().item()
         sigma = self.eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
         direction = (1 - a_prev - sigma**2).clamp(min=0).sqrt().item()

@@ -119,9 +119,7 @@ class _ResampleResBlock(ResBlock):
     Main branch: norm -> SiLU -> resample -> conv -> (+emb) -> norm -> SiLU -> conv; skip: resample.
     """
 
-    def __init__(
-        self, channels: int, emb_channels: int, dropout: float = 0.0, scale_shift_norm: bool = True
-    ) -> None:
+    def __init__(self, channels: int, emb_channels: int, dropout: float = 0.0, scale_shift_norm: bool = True) -> None:
         super().__init__(channels, channels, emb_channels, dropout, scale_shift_norm)
 
     def resample(self, x: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ Coefficients = tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tenso
 MODES = ("periodization",)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _filter_bank(wavelet: str) -> tuple[tuple[float, ...], ...]:
     try:
         w = pywt.Wavelet(wavelet)
@@ -79,7 +79,9 @@ def _haar_forward(x: torch.Tensor) -> torch.Tensor:
 def _haar_inverse(bands: torch.Tensor) -> torch.Tensor:
     # The Haar matrix is symmetric and orthogonal, so the inverse is the transposed convolution.
     n, _, c, h2, w2 = bands.shape
-    return F.conv_transpose2d(bands.transpose(1, 2).reshape(n, c * 4, h2, w2), _haar_weight(c, bands), stride=2, groups=c)
+    return F.conv_transpose2d(
+        bands.transpose(1, 2).reshape(n, c * 4, h2, w2), _haar_weight(c, bands), stride=2, groups=c
+    )
 
 
 # -- general separable path ----------------------------------------------------------------------

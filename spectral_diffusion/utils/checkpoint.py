@@ -29,13 +29,16 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint's weights do not fit the network that was built (the message says how)."""
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint file with ``weights_only=True``, with clear errors for bad paths."""
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file with ``weights_only=True``, with clear errors for bad paths.
+
+    ``mmap=True`` maps the tensors instead of reading them, for a cheap look at keys and shapes.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
         raise RuntimeError(
             f"cannot load checkpoint {path} with weights_only=True ({type(err).__name__}: {err}). "
