@@ -58,37 +58,8 @@ class WaveletGate(nn.Module):
         return gates.reshape(x.shape[0], NUM_BANDS, self.gate_channels, 1, 1)
 
 
-@register_downsample("wavelet_gated")
-class WaveletGatedDownsample(nn.Module):
-    """WG-Down: gated sum of the four DWT sub-bands; halves H and W, keeps the channels."""
-
-    def __init__(
-        self,
-        channels: int,
-        emb_channels: int,
-        wavelet: str = "haar",
-        reduction: int = 4,
-        timestep_gates: bool = False,
-    ) -> None:
-        super().__init__()
-        self.dwt = DWT2(wavelet)
-        self.gate = WaveletGate(channels, channels, reduction, emb_channels if timestep_gates else None)
-
-    def gates(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
-        """The gates ``(N, 4, C, 1, 1)`` in (0, 1), bands ordered LL, LH, HL, HH."""
-        return self.gate(x, emb)
-
-    def forward(
-        self, x: torch.Tensor, emb: torch.Tensor | None = None, gates: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        bands = self.dwt(x)  # (N, 4, C, H/2, W/2)
-        gates = self.gates(x, emb) if gates is None else gates
-        return (gates.to(bands.dtype) * bands).sum(dim=1)
-
-
-@register_upsample("wavelet_gated")
-class WaveletGatedUpsample(nn.Module):
-    """WG-Up: 1x1 projection to four coefficient chunks, gated, then the inverse DWT; doubles H and W."""
+class _WaveletGated(nn.Module):
+    """What WG-Down and WG-Up share: the gate, computed from the block's input (and timestep)."""
 
     def __init__(
         self,
@@ -100,13 +71,38 @@ class WaveletGatedUpsample(nn.Module):
     ) -> None:
         super().__init__()
         self.channels = channels
-        self.proj = nn.Conv2d(channels, NUM_BANDS * channels, 1)
+        self.wavelet = wavelet
         self.gate = WaveletGate(channels, channels, reduction, emb_channels if timestep_gates else None)
-        self.idwt = IDWT2(wavelet)
 
     def gates(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         """The gates ``(N, 4, C, 1, 1)`` in (0, 1), bands ordered LL, LH, HL, HH."""
         return self.gate(x, emb)
+
+
+@register_downsample("wavelet_gated")
+class WaveletGatedDownsample(_WaveletGated):
+    """WG-Down: gated sum of the four DWT sub-bands; halves H and W, keeps the channels."""
+
+    def __init__(self, channels: int, emb_channels: int, **options) -> None:
+        super().__init__(channels, emb_channels, **options)
+        self.dwt = DWT2(self.wavelet)
+
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor | None = None, gates: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        bands = self.dwt(x)  # (N, 4, C, H/2, W/2)
+        gates = self.gates(x, emb) if gates is None else gates
+        return (gates.to(bands.dtype) * bands).sum(dim=1)
+
+
+@register_upsample("wavelet_gated")
+class WaveletGatedUpsample(_WaveletGated):
+    """WG-Up: 1x1 projection to four coefficient chunks, gated, then the inverse DWT; doubles H and W."""
+
+    def __init__(self, channels: int, emb_channels: int, **options) -> None:
+        super().__init__(channels, emb_channels, **options)
+        self.proj = nn.Conv2d(channels, NUM_BANDS * channels, 1)
+        self.idwt = IDWT2(self.wavelet)
 
     def forward(
         self, x: torch.Tensor, emb: torch.Tensor | None = None, gates: torch.Tensor | None = None
