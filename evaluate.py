@@ -95,9 +95,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics["global_step"] = int(checkpoint.get("global_step", -1))
         metrics["weights"] = "ema" if cfg.use_ema and "current_model_state" in checkpoint else "raw"
         if cfg.num_samples > 0:
-            diffusion = build_diffusion(OmegaConf.create(stored["diffusion"])) if stored else None
-            if diffusion is None:
-                raise ConfigError(f"{cfg.ckpt_path} holds no diffusion config to sample with")
+            if stored is None:
+                raise ConfigError(f"{cfg.ckpt_path} holds no diffusion config to sample with; use num_samples=0")
+            diffusion = build_diffusion(OmegaConf.create(stored["diffusion"]))
             sampler = build_sampler(cfg.sampler, diffusion)
             labels = torch.arange(cfg.num_samples, device=device) % net.num_classes if conditional else None
             net.eval()
