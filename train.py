@@ -17,7 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from spectral_diffusion.evaluation.cost import count_gmacs, count_params
-from spectral_diffusion.training.build import build_module, check_data_fits_model
+from spectral_diffusion.training.build import ConfigError, build_module, check_data_fits_model
+from spectral_diffusion.training.module import DiffusionModule
 from spectral_diffusion.utils.checkpoint import (
     CheckpointMismatchError,
     checkpoint_config,
@@ -51,6 +52,31 @@ def check_checkpoint_fits(module: L.LightningModule, ckpt_path: str) -> None:
         )
 
 
+def prepare_latent_stats(first_stage: torch.nn.Module, datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
+    """Give the first stage the latent normalisation of this run (a resumed run restores its own).
+
+    - Cached latents (``data=latents``) carry the statistics they were normalised with.
+    - A first stage that already has statistics (a teacher's, or the framework autoencoder's own
+      checkpoint) keeps them: the teacher must see the latents it was trained on.
+    - Otherwise they are estimated from ``latent_stats_samples`` training images.
+    """
+    from spectral_diffusion.autoencoders import estimate_latent_stats
+
+    if getattr(datamodule, "provides_latents", False):
+        stats = datamodule.latent_stats
+        first_stage.set_latent_stats(torch.tensor(stats["shift"]), torch.tensor(stats["scale"]))
+        log.info("latent statistics from the latent store: %s", stats)
+        return
+    if bool(first_stage.has_latent_stats):
+        log.info("latent statistics of the first stage: %s", first_stage.latent_stats())
+        return
+    datamodule.setup("fit")
+    samples = int(cfg.get("latent_stats_samples", 2048))
+    shift, scale = estimate_latent_stats(first_stage, (b[0] for b in datamodule.train_dataloader()), samples)
+    first_stage.set_latent_stats(shift, scale)
+    log.info("latent statistics estimated from %d training images: %s", samples, first_stage.latent_stats())
+
+
 @task_wrapper
 def train(cfg: DictConfig) -> float | None:
     """Build everything from ``cfg``, fit, and return ``cfg.optimized_metric`` (for sweeps)."""
@@ -61,17 +87,25 @@ def train(cfg: DictConfig) -> float | None:
 
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
-    check_data_fits_model(datamodule, module.net)
-    shape = module.sample_shape
-    log.info(
-        "model %s: %.3fM parameters, %.4f GMACs per forward pass at %s",
-        cfg.model._target_.rsplit(".", 1)[-1],
-        count_params(module.net) / 1e6,
-        count_gmacs(module.net, shape, module.class_conditional),
-        "x".join(map(str, shape)),
-    )
-
     ckpt_path = find_resume_checkpoint(cfg)
+    if isinstance(module, DiffusionModule):
+        if getattr(datamodule, "provides_latents", False) and module.first_stage is None:
+            raise ConfigError(
+                f"data={cfg.data._target_.rsplit('.', 1)[-1]} holds cached latents (encoded by "
+                f"{getattr(datamodule, 'first_stage_description', '?')}) but autoencoder=identity: set autoencoder= "
+                "to the autoencoder that encoded them, so that samples can be decoded"
+            )
+        check_data_fits_model(datamodule, module.net, module.first_stage)
+        shape = module.sample_shape
+        log.info(
+            "model %s: %.3fM parameters, %.4f GMACs per forward pass at %s",
+            cfg.model._target_.rsplit(".", 1)[-1],
+            count_params(module.net) / 1e6,
+            count_gmacs(module.net, shape, module.class_conditional),
+            "x".join(map(str, shape)),
+        )
+        if module.first_stage is not None and not ckpt_path:
+            prepare_latent_stats(module.first_stage, datamodule, cfg)
     if ckpt_path:
         check_checkpoint_fits(module, ckpt_path)
 

@@ -1,8 +1,14 @@
-"""The LightningModule: wires network, diffusion process, loss and sampler together.
+"""The LightningModule: wires network, diffusion process, loss, sampler and first stage together.
 
-It owns nothing but the wiring. The loss is computed by ``self.loss`` (``losses/``), the
-parameterisation lives in ``self.diffusion`` (``diffusion/process.py``), sampling in
-``self.sampler`` (``diffusion/samplers.py``) and the architecture in ``self.net`` (``networks/``).
+It owns nothing but the wiring. The loss is computed by ``self.loss`` (``losses/``: plain
+denoising, or spectrum-aware distillation from a frozen teacher), the parameterisation lives in
+``self.diffusion`` (``diffusion/process.py``), sampling in ``self.sampler``
+(``diffusion/samplers.py``), the architecture in ``self.net`` (``networks/``) and the latent space
+in ``self.first_stage`` (``autoencoders/``).
+
+Frozen parts (the first stage, the teacher inside a distillation loss) are held through
+:class:`~spectral_diffusion.utils.shared.SharedRef`: they follow the module across devices but are
+not in its state_dict, its optimizer or its EMA copy, so checkpoints hold only what was trained.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from torch import nn
 from spectral_diffusion.diffusion.process import GaussianDiffusion
 from spectral_diffusion.diffusion.samplers import Sampler, sample
 from spectral_diffusion.utils.checkpoint import METADATA_KEY
+from spectral_diffusion.utils.shared import SharedRef
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -51,6 +58,9 @@ class DiffusionModule(L.LightningModule):
         channels_last: keep the network and its inputs in channels-last memory format (faster
             convolutions on CPUs and tensor-core GPUs; the results are the same).
         run_config: the resolved run config, stored in every checkpoint as a plain dict.
+        first_stage: the frozen autoencoder whose latents the network denoises
+            (``autoencoders/``); ``None`` is pixel space. Batches of images are encoded on the fly
+            unless the DataModule already provides latents (``provides_latents``).
     """
 
     def __init__(
@@ -64,6 +74,7 @@ class DiffusionModule(L.LightningModule):
         seed: int = 0,
         channels_last: bool = True,
         run_config: dict[str, Any] | None = None,
+        first_stage: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -77,6 +88,28 @@ class DiffusionModule(L.LightningModule):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.run_config = run_config or {}
+        self._first_stage = SharedRef(first_stage) if first_stage is not None else None
+        self._encode_batches = True
+
+    # -- frozen parts -----------------------------------------------------------------------------
+    @property
+    def first_stage(self) -> nn.Module | None:
+        return self._first_stage.obj if self._first_stage is not None else None
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        return getattr(self.loss, "teacher", None)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules used but never trained or saved: the first stage and the teacher."""
+        return [m for m in (self.first_stage, self.teacher) if m is not None]
+
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> DiffusionModule:
+        # .to(device) / .half() reach the frozen parts too, although they are not submodules.
+        super()._apply(fn, *args, **kwargs)
+        for module in self.frozen_modules():
+            module._apply(fn, *args, **kwargs)
+        return self
 
     # -- shapes -----------------------------------------------------------------------------------
     @property
@@ -92,30 +125,54 @@ class DiffusionModule(L.LightningModule):
         return batch[1] if self.class_conditional and isinstance(batch, (tuple, list)) else None
 
     def _images(self, batch: Any) -> torch.Tensor:
+        """What the network denoises: the batch's latents, or its images encoded by the first stage."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if self.first_stage is not None and self._encode_batches:
+            with torch.no_grad():
+                images = self.first_stage.encode(images)
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def setup(self, stage: str) -> None:
+        # A DataModule of cached latents (data/latents.py) says so; everything else yields images.
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self._encode_batches = not getattr(datamodule, "provides_latents", False)
+
+    def _compute_loss(self, batch: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The loss and, for losses that have several terms (distillation), each term."""
+        images, labels = self._images(batch), self._labels(batch)
+        if hasattr(self.loss, "terms"):
+            return self.loss.terms(self.net, images, labels, generator)
+        return {"loss": self.loss(self.net, images, labels, generator)}
 
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         generator = step_generator(self.seed, self.global_rank, self.global_step)
-        loss = self.loss(self.net, self._images(batch), self._labels(batch), generator)
+        terms = self._compute_loss(batch, generator)
+        loss = terms.pop("loss")
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"training loss is {loss.item()} at step {self.global_step}; the last checkpoint is untouched. "
                 "Lower module.optimizer.lr, raise trainer.gradient_clip_val or check the data."
             )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         # Fixed per-batch randomness: validation losses of different steps are comparable.
         generator = step_generator(self.seed + 1, 0, batch_idx)
-        loss = self.loss(self.net, self._images(batch), self._labels(batch), generator)
+        terms = self._compute_loss(batch, generator)
+        loss = terms.pop("loss")
         self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True)
+        for name, value in terms.items():
+            self.log(f"val/{name}", value, on_epoch=True, sync_dist=True)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.optimizer_factory(params=[p for p in self.net.parameters() if p.requires_grad])
+        # The network and, for distillation, the loss's 1x1 feature adapters. Frozen parts have none.
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, functools.partial(warmup_lambda, warmup_steps=self.warmup_steps)
         )
@@ -130,13 +187,16 @@ class DiffusionModule(L.LightningModule):
         class_labels: torch.Tensor | None = None,
         sampler: Sampler | None = None,
     ) -> torch.Tensor:
-        """Samples in data space (``(N, C, H, W)``, nominally in [-1, 1]) with the current weights."""
+        """Samples in data space (``(N, C, H, W)``, nominally in [-1, 1]) with the current weights.
+
+        In latent space the network's samples are decoded by the first stage.
+        """
         was_training = self.net.training
         self.net.eval()
         try:
             if class_labels is not None:
                 class_labels = class_labels.to(self.device)
-            return sample(
+            latents = sample(
                 self.net,
                 sampler or self.sampler,
                 (num_samples, *self.sample_shape),
@@ -144,9 +204,22 @@ class DiffusionModule(L.LightningModule):
                 device=self.device,
                 class_labels=class_labels,
             )
+            return self.first_stage.decode(latents) if self.first_stage is not None else latents
         finally:
             self.net.train(was_training)
 
     # -- checkpoint metadata ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[METADATA_KEY] = {"config": self.run_config, "diffusion": self.diffusion.describe()}
+        metadata = {"config": self.run_config, "diffusion": self.diffusion.describe()}
+        if self.first_stage is not None:
+            # The latent normalisation the network was trained under: sampling must decode with it.
+            metadata["first_stage"] = self.first_stage.describe()
+            metadata["latent_stats"] = self.first_stage.latent_stats()
+        if self.teacher is not None:
+            metadata["teacher"] = self.teacher.describe()  # a record only: no teacher weights
+        checkpoint[METADATA_KEY] = metadata
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        stats = checkpoint.get(METADATA_KEY, {}).get("latent_stats")
+        if stats and self.first_stage is not None:
+            self.first_stage.set_latent_stats(torch.tensor(stats["shift"]), torch.tensor(stats["scale"]))
