@@ -26,8 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from spectral_diffusion.diffusion.samplers import sample
 from spectral_diffusion.evaluation.cost import attention_product_ops, count_params, gmacs_by_op
-from spectral_diffusion.training.build import ConfigError, build_diffusion, build_network, build_sampler
+from spectral_diffusion.training.build import (
+    ConfigError,
+    build_diffusion,
+    build_first_stage,
+    build_network,
+    build_sampler,
+)
 from spectral_diffusion.utils.checkpoint import (
+    METADATA_KEY,
     checkpoint_config,
     load_checkpoint,
     load_network_weights,
@@ -53,6 +60,17 @@ def print_table(metrics: dict[str, Any]) -> None:
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"{key:<{width}}  {shown}")
     print("-" * (width + 24))
+
+
+def stored_first_stage(checkpoint: dict[str, Any], stored: dict[str, Any], device: torch.device):
+    """The first stage a checkpoint was trained in (``None``: pixel space), with its latent statistics."""
+    first_stage = build_first_stage(OmegaConf.create(stored["autoencoder"])) if stored.get("autoencoder") else None
+    if first_stage is None:
+        return None
+    stats = checkpoint.get(METADATA_KEY, {}).get("latent_stats")
+    if stats:
+        first_stage.set_latent_stats(torch.tensor(stats["shift"]), torch.tensor(stats["scale"]))
+    return first_stage.to(device)
 
 
 @task_wrapper
@@ -100,6 +118,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             diffusion = build_diffusion(OmegaConf.create(stored["diffusion"]))
             sampler = build_sampler(cfg.sampler, diffusion)
             labels = torch.arange(cfg.num_samples, device=device) % net.num_classes if conditional else None
+            first_stage = stored_first_stage(checkpoint, stored, device)
             net.eval()
             start = time.perf_counter()
             images = sample(
@@ -110,6 +129,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                 device,
                 class_labels=labels,
             )
+            if first_stage is not None:
+                with torch.no_grad():
+                    images = first_stage.decode(images)
+                metrics["first_stage"] = first_stage.describe()["kind"]
+                metrics["first_stage_params_m"] = count_params(first_stage) / 1e6
             metrics["sampling_s"] = time.perf_counter() - start
             metrics["sampler"] = f"{type(sampler).__name__}({sampler.num_inference_steps} steps)"
             metrics["samples_png"] = str(save_grid(images, output_dir / "samples.png", scale=2))

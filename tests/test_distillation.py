@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
 
 from spectral_diffusion.diffusion import GaussianDiffusion
 from spectral_diffusion.losses import DenoisingLoss
@@ -254,8 +255,16 @@ def test_student_lives_in_the_diffusers_teachers_latent_space(train_cfg, tmp_pat
     meta = ckpt["spectral_diffusion"]
     assert meta["latent_stats"] == {"shift": [0.0] * 3, "scale": [1.0] * 3}  # LDMPipeline: raw latents
     assert not any("vqvae" in k or "first_stage" in k for k in ckpt["state_dict"])
-    grid = Path(cfg.paths.output_dir) / "samples" / "final.png"
-    assert grid.is_file()
+    # The checkpoint records the teacher's autoencoder as its own, so it decodes by itself.
+    assert meta["config"]["autoencoder"]["subfolder"] == "vqvae"
+    assert Image.open(Path(cfg.paths.output_dir) / "samples" / "final.png").mode == "L"  # decoded: 1 channel
+    from evaluate import evaluate
+
+    ckpt_path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    metrics = evaluate(compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={ckpt_path}", "num_samples=2"]))
+    assert metrics["first_stage"] == "diffusers_vq" and metrics["input_shape"] == "3x16x16"
+    grid = Image.open(metrics["samples_png"])
+    assert grid.mode == "L"  # decoded back to 1-channel images, not 3-channel latents
 
 
 def test_framework_checkpoint_teacher_round_trip(train_cfg, tmp_path: Path) -> None:
@@ -281,3 +290,24 @@ def test_distillation_without_teacher_is_a_clear_error(train_cfg) -> None:
 
     with pytest.raises(ConfigError, match="teacher=checkpoint"):
         build_module(train_cfg("loss=spectral_distill"))
+
+
+def test_teacher_is_outside_optimizer_state_dict_and_ema_copy(train_cfg, tmp_path: Path) -> None:
+    from spectral_diffusion.training.build import build_module
+
+    teacher_dir = save_diffusers_teacher(tmp_path / "teacher")
+    module = build_module(train_cfg("loss=spectral_distill", "teacher=diffusers", f"teacher.path={teacher_dir}"))
+    teacher = module.teacher
+    optimizer = module.configure_optimizers()["optimizer"]
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized.isdisjoint(id(p) for p in teacher.parameters())
+    assert {id(p) for p in module.loss.adapters.parameters()} <= optimized
+    assert not any("teacher" in k for k in module.state_dict())
+    # The EMA callback deep-copies the LightningModule: the frozen teacher is shared, not duplicated.
+    assert copy.deepcopy(module).teacher is teacher
+    # Device/dtype moves reach the teacher although it is not a submodule.
+    module.to(torch.float64)
+    assert next(teacher.parameters()).dtype == torch.float64
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    module.train()
+    assert not teacher.training  # Lightning's model.train() does not wake the teacher

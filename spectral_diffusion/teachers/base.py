@@ -29,6 +29,8 @@ class Teacher(nn.Module):
         num_classes: number of classes if class-conditional.
         first_stage: the teacher's autoencoder (its latent space), ``None`` for pixel space.
         source: where it was loaded from, for messages and the run record.
+        first_stage_config: an ``autoencoder/`` config that rebuilds ``first_stage``; a student
+            that adopts the teacher's latent space stores it, so its checkpoint can be decoded.
     """
 
     def __init__(
@@ -40,6 +42,7 @@ class Teacher(nn.Module):
         num_classes: int | None = None,
         first_stage: nn.Module | None = None,
         source: str = "",
+        first_stage_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -49,6 +52,7 @@ class Teacher(nn.Module):
         self.num_classes = num_classes
         self.first_stage = first_stage
         self.source = source
+        self.first_stage_config = first_stage_config
         self.requires_grad_(False)
         self.eval()
 

@@ -139,13 +139,19 @@ def load_diffusers_teacher(
         _load_scheduler_config(path, scheduler_sub), source=f"{path}/{scheduler_sub or ''}scheduler_config.json"
     )
 
-    first_stage = None
+    first_stage, first_stage_config = None, None
     if autoencoder:
         sub = "vqvae" if "vqvae" in components else "vae" if "vae" in components else None
         if sub is not None:
             from spectral_diffusion.autoencoders import DiffusersAutoencoder
 
-            first_stage = DiffusersAutoencoder(path, subfolder=sub, kind="vq" if sub == "vqvae" else "kl")
+            first_stage_config = {
+                "_target_": "spectral_diffusion.autoencoders.DiffusersAutoencoder",
+                "path": path,
+                "subfolder": sub,
+                "kind": "vq" if sub == "vqvae" else "kl",
+            }
+            first_stage = DiffusersAutoencoder(path, subfolder=sub, kind=first_stage_config["kind"])
             channels = first_stage.latent_channels
             scale = 1.0 / latent_scaling_factor if latent_scaling_factor else 1.0
             first_stage.set_latent_stats(torch.zeros(channels), torch.full((channels,), scale))
@@ -160,4 +166,5 @@ def load_diffusers_teacher(
         num_classes=net.config.num_class_embeds,
         first_stage=first_stage,
         source=f"diffusers:{path}",
+        first_stage_config=first_stage_config,
     )

@@ -59,4 +59,5 @@ def load_checkpoint_teacher(ckpt_path: str, use_ema: bool = True) -> Teacher:
         num_classes=getattr(net, "num_classes", None),
         first_stage=first_stage,
         source=f"checkpoint:{Path(ckpt_path).expanduser().resolve()}",
+        first_stage_config=dict(stored_stage) if first_stage is not None else None,
     )

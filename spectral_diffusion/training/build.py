@@ -81,6 +81,7 @@ def build_module(cfg: DictConfig, net: nn.Module | None = None) -> L.LightningMo
     first_stage = build_first_stage(cfg.get("autoencoder"))
 
     loss_kwargs: dict = {}
+    adopted_first_stage: dict | None = None
     teacher_cfg = cfg.get("teacher")
     if loss_needs_teacher(cfg.loss):
         teacher = build_teacher(teacher_cfg)
@@ -94,6 +95,7 @@ def build_module(cfg: DictConfig, net: nn.Module | None = None) -> L.LightningMo
             # The student lives in the teacher's latent space unless told otherwise.
             log.info("using the teacher's autoencoder as the first stage: %s", teacher.first_stage.describe())
             first_stage = teacher.first_stage
+            adopted_first_stage = teacher.first_stage_config
         check_teacher_fits(teacher, net, diffusion)
         loss_kwargs = {"teacher": teacher, "student": net}
     elif teacher_cfg is not None and "_target_" in teacher_cfg:
@@ -110,6 +112,9 @@ def build_module(cfg: DictConfig, net: nn.Module | None = None) -> L.LightningMo
     )
     # Set after instantiation: Hydra would try to instantiate the _target_ keys inside it.
     module.run_config = OmegaConf.to_container(cfg, resolve=True)
+    if adopted_first_stage is not None:
+        # Record the teacher's autoencoder as this run's own, so the checkpoint decodes by itself.
+        module.run_config["autoencoder"] = adopted_first_stage
     return module
 
 
