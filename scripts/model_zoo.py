@@ -20,7 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 
 #: The teacher each family of presets is measured against (by name prefix/suffix).
-TEACHERS = {"celebahq": "ldm_celebahq", "church": "ldm_church", "cifar10": "cifar10_ddpm", "fmnist": "fmnist_base"}
+#: First match wins: the CPU-budget Fashion-MNIST students are measured against fmnist_small.
+TEACHERS = {
+    "celebahq": "ldm_celebahq",
+    "church": "ldm_church",
+    "cifar10": "cifar10_ddpm",
+    "fmnist_tiny": "fmnist_small",
+    "fmnist": "fmnist_base",
+}
 
 
 def teacher_of(preset: str) -> str:

@@ -12,6 +12,7 @@ from spectral_diffusion.training.build import build_module
 from train import instantiate_collection, train
 
 from .conftest import CONFIG_DIR, compose_config
+from .test_distillation import save_diffusers_teacher
 
 
 def options(group: str) -> list[str]:
@@ -32,6 +33,17 @@ def test_every_model_preset_instantiates(preset, tmp_path):
     assert net.image_size == cfg.model.image_size
 
 
+#: Options that need more than data.root to build: a teacher, or the autoencoder module and network.
+AUTOENCODER_RUN = ["module=autoencoder", "model=autoencoder/fmnist_kl_f4", "loss=autoencoder"]
+DISTILLATION_LOSSES = {"spectral_distill", "distill_output", "distill_features"}
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory) -> Path:
+    """A tiny diffusers DDPM (unet/ + scheduler/) that fits the 1x32x32 Fashion-MNIST models."""
+    return save_diffusers_teacher(tmp_path_factory.mktemp("teacher"))
+
+
 @pytest.mark.parametrize(
     "group,option",
     [
@@ -40,8 +52,13 @@ def test_every_model_preset_instantiates(preset, tmp_path):
         for o in options(g)
     ],
 )
-def test_every_group_option_composes_and_instantiates(group, option, tmp_path, fmnist_root):
-    overrides = [f"{group}={option}", f"data.root={fmnist_root}"] if group != "data" else [f"{group}={option}"]
+def test_every_group_option_composes_and_instantiates(group, option, tmp_path, fmnist_root, tiny_teacher):
+    # data.root is given for every option: none of the DataModule constructors reads the disk.
+    overrides = [f"{group}={option}", f"data.root={fmnist_root}"]
+    if group == "loss" and option in DISTILLATION_LOSSES:
+        overrides += ["teacher=diffusers", f"teacher.path={tiny_teacher}", "diffusion=ddpm_linear"]
+    if (group, option) in (("loss", "autoencoder"), ("module", "autoencoder")):
+        overrides = AUTOENCODER_RUN + [f"data.root={fmnist_root}"]
     cfg = compose_config("train", tmp_path, overrides)
     if group in ("diffusion", "sampler", "loss", "module"):
         build_module(cfg)
@@ -55,8 +72,15 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path, f
         instantiate_collection(cfg.get(group))
 
 
-@pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_runs_a_step(experiment, train_cfg):
+#: Experiments that run offline on the Fashion-MNIST fixture; the others need their data and teacher.
+OFFLINE_EXPERIMENTS = [e for e in options("experiment") if e.startswith("fmnist_")]
+
+
+@pytest.mark.parametrize("experiment", OFFLINE_EXPERIMENTS)
+def test_every_offline_experiment_runs_a_step(experiment, train_cfg, tiny_teacher):
+    extra = []
+    if experiment == "fmnist_sd_distill":  # its teacher is the fmnist_teacher run; here a tiny stand-in
+        extra = ["teacher=diffusers", f"teacher.path={tiny_teacher}", "~teacher.ckpt_path"]
     cfg = train_cfg(
         f"experiment={experiment}",
         "trainer.max_steps=1",
@@ -64,10 +88,49 @@ def test_every_experiment_runs_a_step(experiment, train_cfg):
         "trainer.precision=32-true",
         "data.num_workers=0",
         "run_name=exp",
+        *extra,
     )
     assert cfg.trainer.max_steps == 1
     train(cfg)
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_fmnist_sd_distill_finds_the_fmnist_teacher_run(tmp_path):
+    cfg = compose_config("train", tmp_path, ["experiment=fmnist_sd_distill"])
+    assert cfg.teacher.ckpt_path.endswith("logs/train/fmnist_teacher/checkpoints/last.ckpt")
+    teacher = compose_config("train", tmp_path, ["experiment=fmnist_teacher"])
+    assert teacher.run_name == "fmnist_teacher" and teacher.diffusion == cfg.diffusion
+
+
+#: What the real-data distillation experiments must agree with: the published teachers' shapes and
+#: schedules (unet/config.json and scheduler/scheduler_config.json of the hub repositories).
+HUB_TEACHERS = {
+    "cifar10_sd_distill": ("google/ddpm-cifar10-32", (3, 32, 32), ("linear", 1e-4, 0.02)),
+    "celebahq256_sd_distill": ("CompVis/ldm-celebahq-256", (3, 64, 64), ("scaled_linear", 0.0015, 0.0195)),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(set(options("experiment")) - set(OFFLINE_EXPERIMENTS)))
+def test_real_data_experiments_compose_with_matching_shapes(experiment, tmp_path):
+    cfg = compose_config("train", tmp_path, [f"experiment={experiment}", "data.root=/data"])
+    datamodule = hydra.utils.instantiate(cfg.data)
+    net = hydra.utils.instantiate(cfg.model)
+    # Latent down-sampling factor of each family's first stage: VQ-f4 (CelebA-HQ), KL-f8 (churches).
+    factor = 4 if experiment.startswith("celebahq256") else 8 if experiment.startswith("lsun_church256") else 1
+    channels, size = datamodule.image_shape[0], datamodule.image_shape[1] // factor
+    assert net.image_size == size, f"{experiment}: data {datamodule.image_shape} / f{factor} vs model {net.image_size}"
+    if experiment in HUB_TEACHERS:
+        hub_id, shape, (schedule, beta_start, beta_end) = HUB_TEACHERS[experiment]
+        assert cfg.teacher.path == hub_id
+        assert (net.in_channels, net.image_size, net.image_size) == shape
+        assert (cfg.diffusion.schedule, cfg.diffusion.beta_start, cfg.diffusion.beta_end) == (
+            schedule,
+            beta_start,
+            beta_end,
+        )
+    elif "church" in experiment:
+        assert (net.in_channels, net.image_size) == (4, 32) and channels == 3
+        assert cfg.diffusion.beta_end == 0.0155  # the LDM-8 churches schedule
 
 
 @pytest.mark.parametrize("debug", options("debug"))
