@@ -152,7 +152,8 @@ def reference_statistics(extractor: FMNISTFeatureExtractor, cache: Path) -> Feat
     if cache.is_file():
         return FeatureStatistics.load(cache)
     images, _ = load_split(locate_fashion_mnist(None, download=False, download_dir=None), "test")
-    stats = FeatureStatistics(extractor="fmnist_classifier", metadata={"reference": "fashion_mnist test (10k)"})
+    # Named after the weights' hash: statistics of another classifier are refused, never compared.
+    stats = FeatureStatistics(extractor=extractor.identity, metadata={"reference": "fashion_mnist test (10k)"})
     stats.update(extractor(pad_images(images)))
     stats.save(cache)
     return stats
@@ -183,7 +184,7 @@ def evaluate_run(
         diffusion,
     )
     shape = (net.in_channels, net.image_size, net.image_size)
-    generated = FeatureStatistics(extractor="fmnist_classifier")
+    generated = FeatureStatistics(extractor=extractor.identity)
     batch, images_kept = 250, None
     start = time.perf_counter()
     for first in range(0, spec["samples"], batch):
@@ -223,7 +224,8 @@ def data_floor(extractor: FMNISTFeatureExtractor, reference: FeatureStatistics, 
     """FD of ``n`` real training images against the test set: the best a model can score at this n."""
     images, _ = load_split(locate_fashion_mnist(None, download=False, download_dir=None), "train")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]
-    return FeatureStatistics().update(extractor(pad_images(images[pick]))).frechet_distance(reference)
+    stats = FeatureStatistics(extractor=extractor.identity).update(extractor(pad_images(images[pick])))
+    return stats.frechet_distance(reference)
 
 
 def write_figure(budget: str, rows: list[dict[str, Any]], floor: float) -> Path:
@@ -301,6 +303,7 @@ def main() -> None:
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     parser.add_argument("--stage", choices=["all", "train", "eval"], default="all")
     parser.add_argument("--ablations", action="store_true", help="also train and evaluate the ablation runs")
+    parser.add_argument("--runs", nargs="+", help="only these runs (e.g. to train two students in parallel)")
     parser.add_argument("--steps", type=int, help="override the budget's training steps")
     parser.add_argument("--samples", type=int, help="override the budget's number of evaluation samples")
     parser.add_argument("--classifier", default=str(ROOT / DEFAULT_WEIGHTS), help="FD feature extractor weights")
@@ -314,6 +317,11 @@ def main() -> None:
     if args.samples:
         spec["samples"] = args.samples
     runs = dict(RUNS) | (ABLATIONS if args.ablations else {})
+    if args.runs:
+        unknown = sorted(set(args.runs) - set(RUNS) - set(ABLATIONS))
+        if unknown:
+            parser.error(f"unknown runs {unknown}; choose from {sorted(RUNS) + sorted(ABLATIONS)}")
+        runs = {name: (RUNS | ABLATIONS)[name] for name in args.runs}
 
     if args.stage in ("all", "train"):
         for name, (role, loss) in runs.items():  # the teacher first: the distilled runs need it

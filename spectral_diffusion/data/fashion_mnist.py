@@ -180,6 +180,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
+    #: Batches hold images; a latent diffusion module encodes them with its first stage.
+    provides_latents = False
 
     def __init__(
         self,
