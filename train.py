@@ -64,6 +64,19 @@ def prepare_latent_stats(first_stage: torch.nn.Module, datamodule: L.LightningDa
 
     if getattr(datamodule, "provides_latents", False):
         stats = datamodule.latent_stats
+        if bool(first_stage.has_latent_stats):
+            ours = first_stage.latent_stats()
+            same = all(
+                torch.allclose(torch.tensor(ours[k]), torch.tensor(stats[k]), rtol=1e-4, atol=1e-6)
+                for k in ("shift", "scale")
+            )
+            if not same:
+                # A teacher (or a framework autoencoder) fixes the normalisation its latents must have.
+                raise ConfigError(
+                    f"the cached latents were normalised with {stats} but the first stage of this run "
+                    f"({first_stage.describe().get('kind')}) requires {ours}: re-encode them with "
+                    "scripts/encode_latents.py and that autoencoder, or train from images (on-the-fly encoding)"
+                )
         first_stage.set_latent_stats(torch.tensor(stats["shift"]), torch.tensor(stats["scale"]))
         log.info("latent statistics from the latent store: %s", stats)
         return

@@ -60,7 +60,7 @@ from spectral_diffusion.utils.images import save_grid  # noqa: E402
 BUDGETS: dict[str, dict[str, Any]] = {
     "cpu": {
         "models": {"teacher": "fmnist_small", "lite": "fmnist_tiny_lite", "sd": "fmnist_tiny_sd"},
-        "steps": 3000,
+        "steps": 2000,
         "batch_size": 64,
         "samples": 1000,
         "sampler_steps": 50,
@@ -164,18 +164,14 @@ def pad_images(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(images.float().div(127.5).sub(1.0)[:, None], (2, 2, 2, 2), value=-1.0)
 
 
-def evaluate_run(
-    budget: str, name: str, preset: str, extractor: FMNISTFeatureExtractor, reference: FeatureStatistics
-) -> dict[str, Any]:
-    """Sample ``samples`` images with the EMA weights and measure FD, cost and sampling time."""
+def load_run(budget: str, name: str) -> tuple[torch.nn.Module, Any, dict[str, Any], int]:
+    """The EMA network of a finished run, its sampler and config, and its step."""
     spec = BUDGETS[budget]
     ckpt_path = run_dir(budget, name) / "checkpoints" / "last.ckpt"
     checkpoint = load_checkpoint(ckpt_path)
     config = checkpoint_config(checkpoint)
     net = build_network(_as_config(config["model"]))
     load_network_weights(net, network_state_dict(checkpoint, use_ema=True), source=str(ckpt_path))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net.to(device).eval()
     diffusion = build_diffusion(_as_config(checkpoint["spectral_diffusion"]["diffusion"] | _target()))
     sampler = build_sampler(
         _as_config(
@@ -183,31 +179,60 @@ def evaluate_run(
         ),
         diffusion,
     )
+    return net.eval(), sampler, config, int(checkpoint.get("global_step", -1))
+
+
+def evaluate_run(
+    budget: str, name: str, preset: str, extractor: FMNISTFeatureExtractor, reference: FeatureStatistics
+) -> dict[str, Any]:
+    """FD of ``samples`` images made with the EMA weights, plus cost (cached per run and protocol)."""
+    spec = BUDGETS[budget]
+    net, sampler, config, step = load_run(budget, name)
+    protocol = {"samples": spec["samples"], "sampler_steps": spec["sampler_steps"], "global_step": step}
+    cache = run_dir(budget, name) / "reproduce_eval.json"
+    if cache.is_file() and json.loads(cache.read_text()).get("protocol") == protocol:
+        return json.loads(cache.read_text())["row"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net.to(device)
     shape = (net.in_channels, net.image_size, net.image_size)
     generated = FeatureStatistics(extractor=extractor.identity)
     batch, images_kept = 250, None
-    start = time.perf_counter()
     for first in range(0, spec["samples"], batch):
         n = min(batch, spec["samples"] - first)
-        # One seed per batch start: the same samples whatever the model, so grids are comparable.
+        # One seed per batch start: the same noise for every model, so grids are comparable.
         images = sample(net, sampler, (n, *shape), torch.Generator().manual_seed(first), device).clamp(-1, 1)
         generated.update(extractor(images.cpu()))
         images_kept = images[:64].cpu() if images_kept is None else images_kept
-    seconds = time.perf_counter() - start
     grid = save_grid(images_kept, ROOT / "docs" / f"results_{budget}_{name}.png", scale=2)
-    return {
+    row = {
         "name": name,
         "label": LABELS[name],
-        "model": config["model"].get("_target_", "").rsplit(".", 1)[-1],
         "preset": preset,
         "params_m": count_params(net) / 1e6,
         "gmacs": count_gmacs(net.cpu(), shape, False),
         "fd_fmnist": generated.frechet_distance(reference),
         "samples": spec["samples"],
-        "sampling_s_per_1k": seconds / spec["samples"] * 1000,
-        "global_step": int(checkpoint.get("global_step", -1)),
+        "global_step": step,
         "grid": str(grid.relative_to(ROOT)),
     }
+    cache.write_text(json.dumps({"protocol": protocol, "row": row}, indent=2) + "\n")
+    return row
+
+
+def time_sampling(budget: str, name: str, num_samples: int) -> float:
+    """Seconds per 1,000 samples with the budget's sampler (batch ``num_samples``, after a warm-up)."""
+    net, sampler, _, _ = load_run(budget, name)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net.to(device)
+    shape = (num_samples, net.in_channels, net.image_size, net.image_size)
+    sample(net, sampler, (2, *shape[1:]), torch.Generator().manual_seed(0), device)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    sample(net, sampler, shape, torch.Generator().manual_seed(0), device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / num_samples * 1000
 
 
 def _target() -> dict[str, str]:
@@ -278,7 +303,7 @@ def write_markdown() -> Path:
         for r in result["rows"]:
             lines.append(
                 f"| {r['label']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | {teacher['gmacs'] / r['gmacs']:.1f}x fewer "
-                f"| {r['fd_fmnist']:.2f} | {r['fd_fmnist'] / teacher['fd_fmnist']:.2f}x | {r['sampling_s_per_1k']:.1f} |"
+                f"| {r['fd_fmnist']:.2f} | {r['fd_fmnist'] / teacher['fd_fmnist']:.2f}x | {r.get('sampling_s_per_1k', float('nan')):.1f} |"
             )
         lines += [
             "",
@@ -307,6 +332,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="override the budget's training steps")
     parser.add_argument("--samples", type=int, help="override the budget's number of evaluation samples")
     parser.add_argument("--classifier", default=str(ROOT / DEFAULT_WEIGHTS), help="FD feature extractor weights")
+    parser.add_argument(
+        "--timing-samples", type=int, default=100, help="batch of the sampling-time measurement (0: skip)"
+    )
     parser.add_argument("--run-prefix", default="repro", help="run names are <prefix>_<budget>_<model>")
     parser.add_argument("--findings", help="a markdown paragraph to store with the results")
     args = parser.parse_args()
@@ -344,6 +372,8 @@ def main() -> None:
             print(f"[{name}] no checkpoint, skipped")
             continue
         row = evaluate_run(args.budget, name, spec["models"][runs[name][0]], extractor, reference)
+        if args.timing_samples:
+            row["sampling_s_per_1k"] = time_sampling(args.budget, name, args.timing_samples)
         print(json.dumps(row), flush=True)
         rows.append(row)
     floor = data_floor(extractor, reference, spec["samples"])
@@ -354,7 +384,8 @@ def main() -> None:
         f"EMA 0.995), DDPM linear schedule, pixel space 1x32x32; teacher `{spec['models']['teacher']}`, Lite "
         f"`{spec['models']['lite']}`, SD `{spec['models']['sd']}` (Haar wavelet gates, loss `spectral_distill`: "
         f"lambda_s = lambda_f = 0.1, alpha = -1). Evaluation: {spec['samples']} samples, DDIM "
-        f"{spec['sampler_steps']} steps, eta 1, EMA weights, on {device} with {torch.get_num_threads()} threads."
+        f"{spec['sampler_steps']} steps, eta 1, EMA weights, on {device} with {torch.get_num_threads()} threads; "
+        f"sampling time measured alone, on a batch of {args.timing_samples}."
     )
     result_path = ROOT / "docs" / f"results_{args.budget}.json"
     previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
