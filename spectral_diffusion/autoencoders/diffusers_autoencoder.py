@@ -66,9 +66,9 @@ def read_class_name(path: str, subfolder: str | None) -> str:
             config = AutoencoderKL.load_config(path, subfolder=subfolder)
         except Exception as err:  # hub errors come in many types
             raise AutoencoderLoadError(
-                f"cannot fetch the config of hub model {where}: {type(err).__name__}: {err}. "
-                "A hub id needs network access or a cached copy; offline, pass a local directory instead "
-                f"({EXPECTED_LAYOUT})."
+                f"{where} is not a local directory ({Path(path).expanduser().resolve()} does not exist), and "
+                f"fetching it as a hub model failed: {type(err).__name__}: {err}. A hub id needs network access "
+                f"or a cached copy; offline, pass a local directory instead ({EXPECTED_LAYOUT})."
             ) from err
     name = config.get("_class_name")
     if name is None:
@@ -122,7 +122,9 @@ class DiffusersAutoencoder(FirstStage):
             raise AutoencoderLoadError(f"cannot load the {class_name} in {where}: {type(err).__name__}: {err}") from err
 
         config = vae.config
-        latent_channels = (config.get("vq_embed_dim") or config.latent_channels) if found == "vq" else config.latent_channels
+        latent_channels = (
+            (config.get("vq_embed_dim") or config.latent_channels) if found == "vq" else config.latent_channels
+        )
         super().__init__(
             image_channels=config.in_channels,
             latent_channels=latent_channels,

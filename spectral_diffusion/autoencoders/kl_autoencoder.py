@@ -119,7 +119,7 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
-        for blocks, down in zip(self.levels, self.downsamples):
+        for blocks, down in zip(self.levels, self.downsamples, strict=True):
             for block in blocks:
                 h = block(h)
             h = down(h)
@@ -162,7 +162,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.mid(self.conv_in(z))
-        for blocks, up in zip(self.levels, self.upsamples):
+        for blocks, up in zip(self.levels, self.upsamples, strict=True):
             for block in blocks:
                 h = block(h)
             h = up(h)
