@@ -294,7 +294,9 @@ def write_markdown() -> Path:
     ]
     for path in sorted((ROOT / "docs").glob("results_*.json")):
         result = json.loads(path.read_text())
-        teacher = next(r for r in result["rows"] if r["name"] == "teacher")
+        teacher = next((r for r in result["rows"] if r["name"] == "teacher"), None)
+        if teacher is None:
+            continue  # a partial evaluation (--runs without the teacher): nothing to compare against
         lines += [f"## Budget: {result['budget']}", "", result["setup"], ""]
         lines += [
             "| model | params (M) | GMACs | GMACs vs teacher | FD | FD vs teacher | s / 1k samples |",
