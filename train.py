@@ -9,6 +9,7 @@ configured loss (spectral_diffusion/losses/).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -50,6 +51,21 @@ def check_checkpoint_fits(module: L.LightningModule, ckpt_path: str) -> None:
             f"The checkpoint was trained with model={stored}.\n"
             "Use the same model config, or a new run_name=... for a fresh run."
         )
+
+
+def save_final_checkpoint(trainer: L.Trainer) -> None:
+    """Make ``last.ckpt`` hold the final step.
+
+    ModelCheckpoint saves only every ``every_n_train_steps``; when ``max_steps`` is not a multiple
+    of it, the last steps would be missing from ``last.ckpt`` (and from a teacher read from it).
+    """
+    callback = trainer.checkpoint_callback
+    if callback is None or not getattr(callback, "save_last", False) or callback.dirpath is None:
+        return
+    if getattr(callback, "_last_global_step_saved", None) == trainer.global_step:
+        return
+    trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
+    log.info("saved the final step %d to %s", trainer.global_step, Path(callback.dirpath) / "last.ckpt")
 
 
 def prepare_latent_stats(first_stage: torch.nn.Module, datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
@@ -130,6 +146,7 @@ def train(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         write_run_record(cfg, cfg.paths.output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    save_final_checkpoint(trainer)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     log.info("final metrics: %s", metrics)

@@ -53,8 +53,14 @@ def tiny_teacher(tmp_path_factory) -> Path:
     ],
 )
 def test_every_group_option_composes_and_instantiates(group, option, tmp_path, fmnist_root, tiny_teacher):
-    # data.root is given for every option: none of the DataModule constructors reads the disk.
+    # data.root is given for every option: none of the image DataModule constructors reads the disk.
     overrides = [f"{group}={option}", f"data.root={fmnist_root}"]
+    if (group, option) == ("data", "latents"):  # a latent store is opened at once: an empty one is refused
+        cfg = compose_config("train", tmp_path, [f"{group}={option}", f"data.path={tmp_path}"])
+        # Hydra wraps the LatentStoreError; the message names the missing file and the command.
+        with pytest.raises(Exception, match=r"meta.json is missing.*encode_latents"):
+            hydra.utils.instantiate(cfg.data)
+        return
     if group == "loss" and option in DISTILLATION_LOSSES:
         overrides += ["teacher=diffusers", f"teacher.path={tiny_teacher}", "diffusion=ddpm_linear"]
     if (group, option) in (("loss", "autoencoder"), ("module", "autoencoder")):

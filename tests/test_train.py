@@ -69,6 +69,16 @@ def test_rerunning_the_same_command_resumes(train_cfg):
     assert before["global_step"] == 4
 
 
+def test_last_ckpt_is_the_final_step_even_with_other_checkpoint_settings(train_cfg):
+    train(train_cfg())  # 4 steps, a checkpoint every 2
+    # Resume with another checkpoint interval and a max_steps that is not a multiple of it.
+    cfg = train_cfg("trainer.max_steps=7", "callbacks.model_checkpoint.every_n_train_steps=3")
+    train(cfg)
+    checkpoints = run_dir(cfg) / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 7
+    assert not list(checkpoints.glob("last-v*.ckpt"))  # overwritten, not versioned beside a stale one
+
+
 def test_resume_with_another_architecture_names_the_keys(train_cfg):
     train(train_cfg())
     with pytest.raises(CheckpointMismatchError, match="shape mismatches.*conv_in.weight") as err:
