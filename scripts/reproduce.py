@@ -299,12 +299,12 @@ def write_markdown() -> Path:
             continue  # a partial evaluation (--runs without the teacher): nothing to compare against
         lines += [f"## Budget: {result['budget']}", "", result["setup"], ""]
         lines += [
-            "| model | params (M) | GMACs | GMACs vs teacher | FD | FD vs teacher | s / 1k samples |",
+            "| model | params (M) | GMACs | teacher GMACs / GMACs | FD | FD / teacher FD | s / 1k samples |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in result["rows"]:
             lines.append(
-                f"| {r['label']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | {teacher['gmacs'] / r['gmacs']:.1f}x fewer "
+                f"| {r['label']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | {teacher['gmacs'] / r['gmacs']:.1f}x "
                 f"| {r['fd_fmnist']:.2f} | {r['fd_fmnist'] / teacher['fd_fmnist']:.2f}x | {r.get('sampling_s_per_1k', float('nan')):.1f} |"
             )
         lines += [
