@@ -124,3 +124,12 @@ def test_output_dir_override_moves_the_run(train_cfg, tmp_path):
     assert (tmp_path / "elsewhere" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "elsewhere" / "samples" / "final.png").is_file()
     assert (tmp_path / "elsewhere" / "config.yaml").is_file()
+
+
+def test_non_finite_loss_stops_with_a_message_naming_the_step(train_cfg):
+    from spectral_diffusion.training.build import build_module
+
+    module = build_module(train_cfg())
+    module.loss = lambda *args: torch.tensor(float("nan"))
+    with pytest.raises(FloatingPointError, match=r"training loss is nan at step 0.*module.optimizer.lr"):
+        module.training_step((torch.zeros(2, 1, 32, 32), torch.zeros(2, dtype=torch.long)), 0)

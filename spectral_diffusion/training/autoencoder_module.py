@@ -32,7 +32,7 @@ from spectral_diffusion.autoencoders.framework_autoencoder import KL_TARGETS, RA
 from spectral_diffusion.autoencoders.kl_autoencoder import KLAutoencoder
 from spectral_diffusion.autoencoders.stats import estimate_latent_stats
 from spectral_diffusion.losses.autoencoder import AutoencoderLoss
-from spectral_diffusion.training.module import step_generator, warmup_lambda
+from spectral_diffusion.training.module import log_training_loss, step_generator, warmup_lambda
 from spectral_diffusion.utils.checkpoint import METADATA_KEY, NET_PREFIX
 
 
@@ -110,14 +110,7 @@ class AutoencoderModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         generator = step_generator(self.seed, self.global_rank, self.global_step)
         loss, parts, _ = self._step(batch, generator, self.sample_posterior)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"autoencoder loss is {loss.item()} at step {self.global_step}; the last checkpoint is untouched. "
-                "Lower module.optimizer.lr, raise trainer.gradient_clip_val or check the data."
-            )
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        log_training_loss(self, loss, parts, "autoencoder loss")
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

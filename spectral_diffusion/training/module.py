@@ -43,6 +43,18 @@ def warmup_lambda(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
+def log_training_loss(module: L.LightningModule, loss: torch.Tensor, parts: dict[str, torch.Tensor], what: str) -> None:
+    """Stop on a non-finite loss (before the optimizer step spoils the weights), else log it and its parts."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"{what} is {loss.item()} at step {module.global_step}; the last checkpoint is untouched. "
+            "Lower module.optimizer.lr, raise trainer.gradient_clip_val or check the data."
+        )
+    module.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+    for name, value in parts.items():
+        module.log(f"train/{name}", value, on_step=True, on_epoch=False)
+
+
 class DiffusionModule(L.LightningModule):
     """Trains ``net`` to denoise under ``diffusion`` with ``loss``; samples with ``sampler``.
 
@@ -149,14 +161,7 @@ class DiffusionModule(L.LightningModule):
         generator = step_generator(self.seed, self.global_rank, self.global_step)
         terms = self._compute_loss(batch, generator)
         loss = terms.pop("loss")
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss is {loss.item()} at step {self.global_step}; the last checkpoint is untouched. "
-                "Lower module.optimizer.lr, raise trainer.gradient_clip_val or check the data."
-            )
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        for name, value in terms.items():
-            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        log_training_loss(self, loss, terms, "training loss")
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
