@@ -311,3 +311,10 @@ def test_teacher_is_outside_optimizer_state_dict_and_ema_copy(train_cfg, tmp_pat
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
     module.train()
     assert not teacher.training  # Lightning's model.train() does not wake the teacher
+
+
+def test_checkpoint_teacher_refuses_foreign_targets(tmp_path: Path) -> None:
+    config = {"model": {"_target_": "os.system", "command": "true"}}
+    torch.save({"state_dict": {}, "spectral_diffusion": {"config": config, "diffusion": {}}}, tmp_path / "x.ckpt")
+    with pytest.raises(ValueError, match=r"_target_='os.system'.*refusing"):
+        load_checkpoint_teacher(str(tmp_path / "x.ckpt"))

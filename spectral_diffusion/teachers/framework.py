@@ -38,6 +38,14 @@ def load_checkpoint_teacher(ckpt_path: str, use_ema: bool = True) -> Teacher:
             f"teacher.ckpt_path={ckpt_path} holds no spectral_diffusion config: it was not written by this "
             "framework's train.py. For a diffusers model use teacher=diffusers teacher.path=DIR_OR_HUB_ID"
         )
+    # A checkpoint is user input: only this framework's classes may be built from its config.
+    for key in ("model", "autoencoder"):
+        target = str((config.get(key) or {}).get("_target_", "spectral_diffusion."))
+        if not target.startswith("spectral_diffusion."):
+            raise ValueError(
+                f"teacher.ckpt_path={ckpt_path}: its {key} config names _target_={target!r}, which is not a "
+                "class of this framework; refusing to build it"
+            )
     net = hydra.utils.instantiate(OmegaConf.create(config["model"]))
     load_network_weights(net, network_state_dict(checkpoint, use_ema=use_ema), source=str(ckpt_path))
     diffusion = GaussianDiffusion(**metadata["diffusion"])
