@@ -19,12 +19,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from spectral_diffusion.data.fashion_mnist import DataNotFoundError
 from spectral_diffusion.data.image_dataset import CORRUPT_POLICIES, EncodedImageDataset
 from spectral_diffusion.data.sources import ImageSource
 from spectral_diffusion.data.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The data set's files are not where the config says (the message says where it looked)."""
 
 
 def resolve_pin_memory(pin_memory: bool | str) -> bool:

@@ -29,8 +29,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from torch.utils.data import Dataset
 
-from spectral_diffusion.data.base import EncodedImageDataModule, holdout_split, take
-from spectral_diffusion.data.fashion_mnist import DataNotFoundError
+from spectral_diffusion.data.base import DataNotFoundError, EncodedImageDataModule, holdout_split, take
 from spectral_diffusion.data.image_folder import list_image_tree
 from spectral_diffusion.data.sources import tree_source
 

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from spectral_diffusion.data.base import BaseDataModule
-from spectral_diffusion.data.fashion_mnist import DataNotFoundError
+from spectral_diffusion.data.base import BaseDataModule, DataNotFoundError
 from spectral_diffusion.data.worker_rng import WorkerRandom
 
 log = logging.getLogger(__name__)

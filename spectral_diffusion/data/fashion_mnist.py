@@ -17,11 +17,12 @@ import gzip
 import logging
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
+
+from spectral_diffusion.data.base import BaseDataModule, DataNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,6 @@ HOW_TO_GET = (
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/): we only need unsigned bytes.
 _IDX_UBYTE = 0x08
-
-
-class DataNotFoundError(FileNotFoundError):
-    """The data set's files are not where the config says (the message says where it looked)."""
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -163,7 +160,7 @@ class GrayscaleImageDataset(Dataset):
         return image, self.labels[index]
 
 
-class FashionMNISTDataModule(L.LightningDataModule):
+class FashionMNISTDataModule(BaseDataModule):
     """Fashion-MNIST train (60k) and test (10k, used for validation) splits.
 
     Batches are ``(images, labels)`` with images ``(B, 1, pad_to, pad_to)`` in [-1, 1].
@@ -180,8 +177,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     num_classes = len(CLASS_NAMES)
     class_names = CLASS_NAMES
-    #: Batches hold images; a latent diffusion module encodes them with its first stage.
-    provides_latents = False
 
     def __init__(
         self,
@@ -192,17 +187,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         pad_to: int = 32,
         random_flip: bool = False,
-        pin_memory: bool = False,
+        pin_memory: bool | str = False,
         persistent_workers: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers, pin_memory, persistent_workers)
         self.root, self.download, self.download_dir = root, download, download_dir
-        self.batch_size, self.num_workers = batch_size, num_workers
         self.pad_to, self.random_flip = pad_to, random_flip
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
-        self.train_set: Dataset | None = None
-        self.val_set: Dataset | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -213,29 +203,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
         # Runs on one process per node: the only place a download may happen.
         locate_fashion_mnist(self.root, self.download, self.download_dir)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
         folder = locate_fashion_mnist(self.root, download=False, download_dir=self.download_dir)
-        self.train_set = GrayscaleImageDataset(*load_split(folder, "train"), self.pad_to, self.random_flip)
-        self.val_set = GrayscaleImageDataset(*load_split(folder, "test"), self.pad_to, random_flip=False)
-        log.info(
-            "Fashion-MNIST from %s: %d train, %d validation images", folder, len(self.train_set), len(self.val_set)
+        log.info("Fashion-MNIST from %s", folder)
+        return (
+            GrayscaleImageDataset(*load_split(folder, "train"), self.pad_to, self.random_flip),
+            GrayscaleImageDataset(*load_split(folder, "test"), self.pad_to, random_flip=False),
         )
-
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True, drop_last=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False, drop_last=False)

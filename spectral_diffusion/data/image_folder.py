@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from spectral_diffusion.data.base import EncodedImageDataModule, holdout_split, require_root, take
-from spectral_diffusion.data.fashion_mnist import DataNotFoundError
+from spectral_diffusion.data.base import DataNotFoundError, EncodedImageDataModule, holdout_split, require_root, take
 from spectral_diffusion.data.sources import SourceReadError, is_zip_root, list_tree_images, tree_source
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from spectral_diffusion.data.base import EncodedImageDataModule, holdout_split, require_root, take
-from spectral_diffusion.data.fashion_mnist import DataNotFoundError
+from spectral_diffusion.data.base import DataNotFoundError, EncodedImageDataModule, holdout_split, require_root, take
 from spectral_diffusion.data.sources import FolderSource, ImageSource, LmdbSource, list_folder_images, shared_lmdb
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ The paper's ablation, one switch each (configs/loss/):
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 
 import torch
@@ -188,10 +189,10 @@ class SpectralDistillationLoss(nn.Module):
         """All terms of the loss: ``loss`` (the total), ``ddpm``, ``spatial`` and ``freq``."""
         x_t, t, noise = self.denoising.noised_batch(x0, generator)
         s_rec, t_rec = self._recorders(net) if self.features else (None, None)
-        with s_rec.recording() if s_rec else _null() as s_feats:
+        with s_rec.recording() if s_rec else contextlib.nullcontext([]) as s_feats:
             prediction = net(x_t, t, class_labels)
         ddpm = self.denoising.per_sample(prediction, x0, noise, t).mean()
-        with torch.no_grad(), t_rec.recording() if t_rec else _null() as t_feats:
+        with torch.no_grad(), t_rec.recording() if t_rec else contextlib.nullcontext([]) as t_feats:
             target = self.teacher.predict_as(self.diffusion.prediction_type, x_t, t, class_labels)
 
         pairs = [(target, prediction)]
@@ -214,13 +215,3 @@ class SpectralDistillationLoss(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         return self.terms(net, x0, class_labels, generator)["loss"]
-
-
-class _null:
-    """A context that yields an empty feature list (no recording)."""
-
-    def __enter__(self) -> list:
-        return []
-
-    def __exit__(self, *exc: object) -> None:
-        return None
