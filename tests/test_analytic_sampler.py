@@ -18,6 +18,10 @@ Tolerances, for N = 20000 samples in 2-D with Sigma's entries of order 1:
 So DDIM-50 gets 0.03 (mean) and 0.035 + 0.075 = 0.11 (covariance); DDPM-1000 gets 0.03 and 0.035.
 The exact push-forward is then compared with the samples at the Monte-Carlo tolerance alone, and
 a deliberately wrong predictor must fail the same checks.
+
+DPM-Solver++ (2M) is held to DDIM-50's budget with only 20 steps. Its exact push-forward bias is
+0.015 (linear), 0.066 (LDM scaled-linear) and 0.015 (cosine), against DDIM-50's 0.069, 0.071 and
+0.049, while DDIM at 20 steps is off by 0.11-0.16 and fails the same budget.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from spectral_diffusion.diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion, sample
+from spectral_diffusion.diffusion import DDIMSampler, DDPMSampler, DPMSolverPlusPlusSampler, GaussianDiffusion, sample
 
 MU = torch.tensor([0.5, -1.0], dtype=torch.float64)
 SIGMA = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
@@ -64,6 +68,40 @@ def ddim_push_forward(sampler: DDIMSampler, model) -> tuple[torch.Tensor, torch.
         jacobian = (out[1:] - out[:1]).T  # column i = step(mean + e_i) - step(mean)
         mean, cov = out[:1], jacobian @ cov @ jacobian.T
     return mean[0], cov
+
+
+def sampler_push_forward(sampler, model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact output mean and covariance of any deterministic sampler for an affine model.
+
+    The whole run maps x_T to x_0 affinely, multistep history included, so running it on the
+    points 0, e_1, e_2 (one batch; the history is per row) gives the map's offset and Jacobian.
+    """
+    points = torch.cat([torch.zeros(1, 2, dtype=torch.float64), torch.eye(2, dtype=torch.float64)])
+    out = sample(model, sampler, (3, 2), noise=points, dtype=torch.float64)
+    jacobian = (out[1:] - out[:1]).T
+    return out[0], jacobian @ jacobian.T
+
+
+@pytest.mark.parametrize("name", list(PROCESSES))
+def test_dpm_solver_20_steps_reaches_ddim_50_tolerance(name):
+    diffusion = PROCESSES[name]
+    model = exact_eps_predictor(diffusion, MU, SIGMA)
+    dpm = DPMSolverPlusPlusSampler(diffusion, steps=20)
+
+    x = sample(model, dpm, (N, 2), torch.Generator().manual_seed(4), dtype=torch.float64)
+    mean, cov = moments(x)
+    assert (mean - MU).abs().max() < MEAN_TOL
+    assert (cov - SIGMA).abs().max() < COV_MC_TOL + DDIM_BIAS
+
+    exact_mean, exact_cov = sampler_push_forward(dpm, model)
+    dpm_bias = (exact_cov - SIGMA).abs().max()
+    _, ddim50_cov = sampler_push_forward(DDIMSampler(diffusion, eta=0.0, steps=50), model)
+    _, ddim20_cov = sampler_push_forward(DDIMSampler(diffusion, eta=0.0, steps=20), model)
+    assert dpm_bias < DDIM_BIAS
+    assert dpm_bias <= (ddim50_cov - SIGMA).abs().max(), "20 DPM-Solver++ steps should match 50 DDIM steps"
+    assert (ddim20_cov - SIGMA).abs().max() > DDIM_BIAS, "control: DDIM at 20 steps misses the budget"
+    assert (mean - exact_mean).abs().max() < MEAN_TOL
+    assert (cov - exact_cov).abs().max() < COV_MC_TOL
 
 
 @pytest.mark.parametrize("name", list(PROCESSES))

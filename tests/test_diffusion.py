@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from spectral_diffusion.diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion, make_betas, spaced_timesteps
+from spectral_diffusion.diffusion import (
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverPlusPlusSampler,
+    GaussianDiffusion,
+    dpm_solver_timesteps,
+    make_betas,
+    sample,
+    spaced_timesteps,
+)
 
 SCHEDULES = [  # (ours, diffusers' name, beta_start, beta_end)
     ("linear", "linear", 1e-4, 0.02),
@@ -140,3 +149,94 @@ def test_respaced_ddpm_matches_diffusers():
 def test_bad_step_count_is_named():
     with pytest.raises(ValueError, match="num_inference_steps must be in"):
         DDIMSampler(GaussianDiffusion(), steps=0)
+
+
+# -- DPM-Solver++ ----------------------------------------------------------------------------------
+
+
+def dpm_pair(prediction, theirs_prediction, spacing, steps, schedule=SCHEDULES[1], **options):
+    """Our DPM-Solver++ and diffusers' DPMSolverMultistepScheduler, configured alike."""
+    ours_schedule, theirs_schedule, start, end = schedule
+    diffusion = GaussianDiffusion(ours_schedule, 1000, start, end, prediction)
+    ours = DPMSolverPlusPlusSampler(diffusion, steps=steps, timestep_spacing=spacing, **options)
+    theirs = DPMSolverMultistepScheduler(
+        beta_start=start,
+        beta_end=end,
+        beta_schedule=theirs_schedule,
+        algorithm_type="dpmsolver++",
+        solver_order=options.get("solver_order", 2),
+        solver_type=options.get("solver_type", "midpoint"),
+        lower_order_final=options.get("lower_order_final", True),
+        final_sigmas_type=options.get("final_sigma", "zero"),
+        prediction_type=theirs_prediction,
+        timestep_spacing=spacing,
+    )
+    theirs.set_timesteps(steps)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("steps", [7, 20, 37])
+def test_dpm_solver_timesteps_match_diffusers(spacing, steps):
+    _, theirs = dpm_pair("eps", "epsilon", spacing, steps)
+    assert dpm_solver_timesteps(1000, steps, spacing).tolist() == theirs.timesteps.tolist()
+
+
+@pytest.mark.parametrize("prediction,theirs_prediction", PREDICTIONS)
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("steps", [8, 20])
+def test_dpm_solver_steps_match_diffusers(prediction, theirs_prediction, spacing, steps):
+    ours, theirs = dpm_pair(prediction, theirs_prediction, spacing, steps)
+    run_trajectories(ours, theirs, {})
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=[s[0] for s in SCHEDULES])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"solver_type": "heun"},
+        {"final_sigma": "sigma_min"},
+        {"final_sigma": "sigma_min", "lower_order_final": False},
+        {"solver_order": 1},
+    ],
+    ids=["heun", "sigma_min", "sigma_min_no_lower_order_final", "first_order"],
+)
+def test_dpm_solver_options_match_diffusers(schedule, options):
+    # "leading" stays below t = 999, where the cosine schedule's alpha_bar is 2e-9: there x0 = x / 5e-5
+    # and float32 rounding in diffusers' sigmas alone moves the result by more than the tolerance.
+    ours, theirs = dpm_pair("eps", "epsilon", "leading", 10, schedule=schedule, **options)
+    run_trajectories(ours, theirs, {})
+
+
+def test_dpm_solver_first_order_is_ddim():
+    """DPM-Solver++ 1 is DDIM (eta = 0) on the same timesteps: the exponential integrator's first step."""
+    diffusion = GaussianDiffusion("scaled_linear", 1000, 0.0015, 0.0195, "v")
+    dpm = DPMSolverPlusPlusSampler(diffusion, steps=12, solver_order=1)
+    ddim = DDIMSampler(diffusion, eta=0.0, steps=12)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    for t, t_next in zip(dpm.timesteps.tolist(), dpm.timesteps.tolist()[1:] + [-1], strict=True):
+        ddim._previous = {t: t_next}  # DDIM visiting the solver's timesteps
+        torch.testing.assert_close(dpm.step(fake_model(x, t), t, x), ddim.step(fake_model(x, t), t, x))
+        x = dpm.step(fake_model(x, t), t, x)
+
+
+def test_dpm_solver_restarts_cleanly_between_runs():
+    """The multistep history from one run must not leak into the next: two runs agree exactly."""
+    ours, _ = dpm_pair("eps", "epsilon", "linspace", 10)
+    model = lambda x, t, labels=None: fake_model(x, int(t[0]))  # noqa: E731
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    first = sample(model, ours, tuple(noise.shape), noise=noise)
+    second = sample(model, ours, tuple(noise.shape), noise=noise)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+
+
+def test_dpm_solver_rejects_foreign_timesteps_and_bad_options():
+    ours, _ = dpm_pair("eps", "epsilon", "linspace", 10)
+    with pytest.raises(ValueError, match="timestep 3 is not one of this sampler's timesteps"):
+        ours.step(torch.zeros(1, 1), 3, torch.zeros(1, 1))
+    with pytest.raises(ValueError, match="unknown solver_type 'rk4'"):
+        DPMSolverPlusPlusSampler(GaussianDiffusion(), solver_type="rk4")
+    with pytest.raises(ValueError, match="solver_order must be 1 or 2"):
+        DPMSolverPlusPlusSampler(GaussianDiffusion(), solver_order=3)
+    with pytest.raises(ValueError, match="unknown final_sigma 'one'"):
+        DPMSolverPlusPlusSampler(GaussianDiffusion(), final_sigma="one")
