@@ -117,3 +117,22 @@ def test_download_fallback_goes_through_torchvision(tmp_path, monkeypatch, fmnis
     # A second call finds the download without fetching again.
     assert locate_fashion_mnist(None, download=True, download_dir=tmp_path / "data") == found
     assert len(calls) == 2
+
+
+def test_flips_come_from_the_worker_generator_not_the_global_one(fmnist_root):
+    """As in the other DataModules: reproducible from torch's seed, without drawing from its stream."""
+    dm = FashionMNISTDataModule(root=str(fmnist_root), download=False, random_flip=True)
+    dm.setup("fit")
+    draws = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        dataset = type(dm.train_set)(dm.train_set.images, dm.train_set.labels, 32, random_flip=True)
+        state = torch.get_rng_state()
+        draws.append(torch.stack([dataset[i][0] for i in range(64)]))
+        assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(draws[0], draws[1])
+    plain = torch.stack([dm.train_set.images[i].float().div(127.5).sub(1) for i in range(64)])
+    flipped = [bool(torch.equal(draws[0][i, 0, 2:30, 2:30], plain[i].flip(-1))) for i in range(64)]
+    unflipped = [bool(torch.equal(draws[0][i, 0, 2:30, 2:30], plain[i])) for i in range(64)]
+    assert all(f or u for f, u in zip(flipped, unflipped, strict=True)) and 10 < sum(flipped) < 54
+    assert dm.resolution == 32

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DistributedSampler, SequentialSampler
 
 from spectral_diffusion.data import (
     CelebAHQDataModule,
@@ -33,13 +34,16 @@ from spectral_diffusion.data import (
     ImageTooSmallError,
     LSUNDataModule,
     UnreadableImageError,
+    base,
     sources,
 )
+from spectral_diffusion.data.base import UnpaddedDistributedSampler
 from spectral_diffusion.data.celebahq import SplitMatcher
 from spectral_diffusion.data.cifar10 import read_pickle
 from spectral_diffusion.data.lsun import key_cache_path, lmdb_keys
 from spectral_diffusion.data.sources import ZipSource
 from spectral_diffusion.data.transforms import ImageTransform, center_square_box, to_rgb
+from spectral_diffusion.training.resumable_sampler import AugmentationKey, epoch_permutation
 
 from .conftest import compose_config
 
@@ -592,6 +596,37 @@ def test_flips_follow_the_worker_seed(cifar_root):
     assert first[0:5] != first[5:10]
 
 
+@pytest.mark.parametrize("name", ["cifar10", "lsun"])
+def test_training_flips_are_keyed_by_seed_epoch_and_index(name, cifar_root, lsun_root, monkeypatch):
+    """Through the DataModule's training loader (workers or none), each image is flipped as
+    ``train_set[AugmentationKey(index, seed, epoch)]`` says, which no worker seed changes."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "13")  # the run's seed, as seed_everything leaves it
+
+    def make(workers: int):
+        common = dict(random_flip=True, batch_size=2, num_workers=workers, persistent_workers=workers > 0)
+        if name == "cifar10":
+            return setup_dm(CIFAR10DataModule(str(cifar_root), **common))
+        return setup_dm(LSUNDataModule(str(lsun_root), resolution=RES, **common))
+
+    dm = make(0)
+    count = len(dm.train_set) // 2 * 2
+    expected = []
+    for epoch in range(2):
+        order = epoch_permutation(len(dm.train_set), 13, epoch)[:count].tolist()
+        expected.append(torch.stack([dm.train_set[AugmentationKey(i, 13, epoch)][0] for i in order]))
+    plain = torch.stack([dm.train_set.load(i) if name == "lsun" else dm.train_set.images[i] / 127.5 - 1 for i in order])
+    flipped = [
+        bool(torch.equal(x, p.flip(-1)) and not torch.equal(x, p)) for x, p in zip(expected[1], plain, strict=True)
+    ]
+    assert 0 < sum(flipped) < count  # some flipped, some not
+    for workers in (0, 2):
+        torch.manual_seed(workers)  # other worker seeds
+        loader = make(workers).train_dataloader()
+        for epoch in range(2):
+            torch.testing.assert_close(batches(loader)[0], expected[epoch], rtol=0, atol=0)
+    assert not torch.equal(expected[0].sort(0).values, expected[1].sort(0).values)  # flips change with the epoch
+
+
 def test_cifar10_errors(cifar_root, tmp_path):
     with pytest.raises(
         DataNotFoundError,
@@ -633,3 +668,194 @@ def test_data_configs_compose_and_instantiate(option, root, cls, tmp_path, reque
     assert dm.num_workers == 2 and dm.persistent_workers and dm.pin_memory == torch.accelerator.is_available()
     if option != "cifar10":
         assert dm.image_shape == (3, 256, 256) and dm.on_corrupt == "skip" and dm.small_images == "upscale"
+
+
+# --------------------------------------------------------------------------- bad databases and archives
+
+
+def test_lmdb_that_is_not_lmdb_or_not_of_images_is_refused_clearly(tmp_path):
+    garbage = tmp_path / "garbage" / "church_outdoor_train_lmdb"
+    garbage.mkdir(parents=True)
+    (garbage / "data.mdb").write_bytes(np.random.default_rng(0).bytes(20000))
+    with pytest.raises(DataNotFoundError, match="(?s)church_outdoor_train_lmdb cannot be read as an lmdb database.*"):
+        LSUNDataModule(str(tmp_path / "garbage")).prepare_data()
+    # Another project's layout: a length key and pickled arrays. Every value would be "corrupt".
+    other = tmp_path / "other" / "church_outdoor_train_lmdb"
+    other.parent.mkdir()
+    write_lmdb(other, {b"length": b"2", b"000000": pickle.dumps(np.zeros(3)), b"000001": pickle.dumps(np.ones(3))})
+    with pytest.raises(
+        DataNotFoundError, match=r"(?s)not one of images: the values of its first 3 key\(s\).*000000.*Expected layout"
+    ):
+        LSUNDataModule(str(tmp_path / "other")).prepare_data()
+    empty = tmp_path / "empty" / "church_outdoor_train_lmdb"
+    empty.parent.mkdir()
+    write_lmdb(empty, {})
+    with pytest.raises(DataNotFoundError, match="(?s)church_outdoor_train_lmdb holds no images.*Expected layout"):
+        LSUNDataModule(str(tmp_path / "empty")).prepare_data()
+
+
+def test_unreadable_zip_is_refused_clearly(celeba_root, tmp_path):
+    truncated = tmp_path / "data256x256.zip"
+    truncated.write_bytes((celeba_root / "data256x256.zip").read_bytes()[:-40])  # loses the central directory
+    with pytest.raises(DataNotFoundError, match=r"(?s)data256x256.zip is not a readable zip file.*celeba_hq_256/00000"):
+        CelebAHQDataModule(str(truncated), resolution=RES).prepare_data()
+
+
+# --------------------------------------------------------------------------- workers and DDP
+
+
+def _module(option: str, request, workers: int):
+    """Each image DataModule on its fixture, unflipped, with ``workers`` loader processes."""
+    common = dict(num_workers=workers, batch_size=2, random_flip=False, persistent_workers=False)
+    if option == "cifar10":
+        return CIFAR10DataModule(str(request.getfixturevalue("cifar_root")), resolution=RES, **common)
+    if option == "celebahq":
+        return CelebAHQDataModule(
+            str(request.getfixturevalue("celeba_root") / "celebahq"), resolution=RES, val_size=3, **common
+        )
+    if option == "lsun":
+        return LSUNDataModule(str(request.getfixturevalue("lsun_root")), resolution=RES, **common)
+    if option == "image_folder":  # holds the truncated file: skipping must not depend on the worker
+        return ImageFolderDataModule(
+            str(request.getfixturevalue("odd_folder")), resolution=RES, val_fraction=0.4, **common
+        )
+    from spectral_diffusion.data import FashionMNISTDataModule
+
+    return FashionMNISTDataModule(str(request.getfixturevalue("fmnist_root")), download=False, **common)
+
+
+@pytest.mark.parametrize("option", ["cifar10", "celebahq", "lsun", "image_folder", "fashion_mnist"])
+def test_two_workers_give_the_same_data_as_zero(option, request):
+    loaded = []
+    for workers in (0, 2):
+        dm = setup_dm(_module(option, request, workers))
+        torch.manual_seed(0)  # the training loader's shuffling is drawn in this process
+        loaded.append((batches(dm.train_dataloader()), batches(dm.val_dataloader())))
+    for (x0, y0), (x2, y2) in zip(loaded[0], loaded[1], strict=True):
+        assert len(x0) > 0
+        torch.testing.assert_close(x0, x2, rtol=0, atol=0)
+        assert y0.tolist() == y2.tolist()
+
+
+@pytest.mark.parametrize("count,world", [(10, 2), (10, 3), (7, 4), (3, 3), (0, 2), (1000, 8)])
+def test_unpadded_sampler_reads_every_sample_exactly_once(count, world):
+    dataset = list(range(count))
+    shares = [list(UnpaddedDistributedSampler(dataset, num_replicas=world, rank=r)) for r in range(world)]
+    assert sorted(i for share in shares for i in share) == dataset  # the union, each once
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert [len(UnpaddedDistributedSampler(dataset, num_replicas=world, rank=r)) for r in range(world)] == [
+        len(s) for s in shares
+    ]
+    # torch's sampler, which Lightning would put in, repeats samples whenever world does not divide count.
+    padded = [i for r in range(world) for i in DistributedSampler(dataset, world, r, shuffle=False)]
+    assert len(padded) == (count + world - 1) // world * world
+
+
+def test_unpadded_sampler_refuses_fewer_samples_than_ranks():
+    with pytest.raises(ValueError, match="evaluation set has 2 samples, fewer than the 3 processes"):
+        UnpaddedDistributedSampler(list(range(2)), num_replicas=3, rank=0)
+
+
+def test_validation_loader_is_sharded_without_padding_under_ddp(lsun_root, monkeypatch):
+    dm = setup_dm(LSUNDataModule(str(lsun_root), resolution=RES, num_workers=0, batch_size=2))
+    assert isinstance(dm.val_dataloader().sampler, SequentialSampler)  # no process group: a plain loader
+    everything, _ = batches(dm.val_dataloader())
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr(base, "distributed_world", lambda rank=rank: (2, rank))
+        loader = dm.val_dataloader()
+        # A DistributedSampler already: Lightning's _requires_distributed_sampler leaves it alone.
+        assert isinstance(loader.sampler, UnpaddedDistributedSampler) and isinstance(loader.sampler, DistributedSampler)
+        shards.append(batches(loader)[0])
+    assert [len(s) for s in shards] == [1, 2]  # 3 images: no fourth, repeated one
+    torch.testing.assert_close(torch.cat(shards), everything)
+
+
+def test_distributed_world_without_a_process_group():
+    assert base.distributed_world() == (1, 0)
+    assert base.BaseDataModule.eval_sampler(list(range(5))) is None
+
+
+# --------------------------------------------------------------------------- CIFAR-10 at other resolutions
+
+
+def test_cifar10_resizes_like_the_other_data_sets(cifar_root):
+    dm = setup_dm(CIFAR10DataModule(str(cifar_root), resolution=RES, random_flip=False, num_workers=0, batch_size=3))
+    assert dm.image_shape == (3, RES, RES)
+    x, y = batches(dm.val_dataloader())
+    check_images(x, 6)
+    raw = read_pickle(cifar_root / "cifar-10-batches-py" / "test_batch")[b"data"].reshape(6, 3, 32, 32)
+    expected = torch.stack([ImageTransform(RES)(Image.fromarray(image.transpose(1, 2, 0))) for image in raw])
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
+    assert y.dtype == torch.int64
+    assert setup_dm(CIFAR10DataModule(str(cifar_root), resolution=64, num_workers=0)).train_set[0][0].shape == (
+        3,
+        64,
+        64,
+    )
+    with pytest.raises(ImageTooSmallError, match="CIFAR-10's images are 32x32, smaller than data.resolution=64"):
+        CIFAR10DataModule(str(cifar_root), resolution=64, small_images="error")
+    with pytest.raises(ValueError, match="data.resolution=0 must be a positive integer"):
+        CIFAR10DataModule(str(cifar_root), resolution=0)
+
+
+# --------------------------------------------------------------------------- train.py on every data set
+
+
+@pytest.mark.parametrize(
+    "option,fixture,extra",
+    [
+        ("cifar10", "cifar_root", []),
+        ("celebahq", "celeba_root", ["data.val_size=3"]),
+        ("lsun", "lsun_root", []),
+        ("image_folder", "odd_folder", ["data.val_fraction=0.2"]),
+    ],
+)
+def test_train_runs_two_steps_on_each_data_set(option, fixture, extra, tmp_path, request):
+    from train import train
+
+    root = request.getfixturevalue(fixture)
+    root = root / "data256x256.zip" if option == "celebahq" else root
+    cfg = compose_config(
+        "train",
+        tmp_path,
+        [
+            "debug=tiny",
+            "model=cifar10_small",
+            "model.image_size=16",
+            f"data={option}",
+            f"data.root={root}",
+            "data.resolution=16",
+            "data.num_workers=0",
+            "trainer.max_steps=2",
+            "callbacks.sample_grid.every_n_steps=0",
+            "callbacks.rich_progress_bar=null",
+            "logger=csv",
+            *extra,
+        ],
+    )
+    metric = train(cfg)
+    assert isinstance(metric, float) and np.isfinite(metric)  # val/loss over real validation images
+    checkpoint = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2
+
+
+def test_cifar10_download_goes_through_torchvision_into_root(cifar_root, tmp_path, monkeypatch):
+    """data.download=true: prepare_data has torchvision fetch the archive into data.root, once."""
+    import torchvision.datasets
+
+    calls = []
+
+    class FakeCIFAR10:  # stands in for the network download: extracts the same files
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            shutil.copytree(cifar_root / "cifar-10-batches-py", Path(root) / "cifar-10-batches-py")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    with pytest.raises(DataNotFoundError, match="CIFAR-10 not found"):
+        CIFAR10DataModule(str(tmp_path), download=False).prepare_data()
+    assert not calls
+    dm = setup_dm(CIFAR10DataModule(str(tmp_path), download=True, num_workers=0))
+    assert calls == [(str(tmp_path), True, True)] and len(dm.train_set) == 20
+    CIFAR10DataModule(str(tmp_path), download=True).prepare_data()  # already there: no second download
+    assert len(calls) == 1

@@ -17,8 +17,10 @@ from spectral_diffusion.data import (
     FashionMNISTDataModule,
     LatentDataModule,
     LatentStoreError,
+    base,
     write_latent_store,
 )
+from spectral_diffusion.data.base import UnpaddedDistributedSampler
 from spectral_diffusion.utils.checkpoint import METADATA_KEY
 
 from .conftest import compose_config
@@ -131,6 +133,23 @@ def test_unlabelled_data_yields_latents_only(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert torch.is_tensor(batch) and batch.shape == (5, 4, 8, 8) and dm.num_classes is None
     assert not (tmp_path / "s" / "labels.npy").exists()
+
+
+def test_validation_under_ddp_reads_every_entry_once(tmp_path, monkeypatch):
+    """10 validation entries over 3 ranks: shares of 3, 3 and 4, none repeated (torch's sampler would pad to 12)."""
+    images = torch.rand(10, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    write_latent_store(tmp_path / "s", tiny_first_stage(), DataLoader(images, batch_size=4), dtype="float32")
+    dm = LatentDataModule(str(tmp_path / "s"), batch_size=2, val_path=str(tmp_path / "s"))
+    everything = torch.cat(list(dm.val_dataloader()))
+    assert everything.shape[0] == 10
+    shares = []
+    for rank in range(3):
+        monkeypatch.setattr(base, "distributed_world", lambda rank=rank: (3, rank))
+        loader = dm.val_dataloader()
+        assert isinstance(loader.sampler.sampler, UnpaddedDistributedSampler)
+        shares.append(torch.cat(list(loader)))
+    assert [len(s) for s in shares] == [3, 3, 4]
+    assert torch.equal(torch.cat(shares), everything)
 
 
 def test_failed_write_leaves_no_partial_store(fmnist, tmp_path):

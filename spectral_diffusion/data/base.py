@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from spectral_diffusion.data.image_dataset import CORRUPT_POLICIES, EncodedImageDataset
 from spectral_diffusion.data.sources import ImageSource
 from spectral_diffusion.data.transforms import ImageTransform
+from spectral_diffusion.training.resumable_sampler import resumable_train_loader
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,45 @@ def require_root(root: str | Path | None, dataset: str, layout: str) -> Path:
     if not path.exists():
         raise DataNotFoundError(f"data.root={path} does not exist.\n{layout}")
     return path
+
+
+def distributed_world() -> tuple[int, int]:
+    """``(world size, rank)`` of the initialised default process group, or ``(1, 0)`` without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """One rank's share of an evaluation set: over all ranks, every sample exactly once.
+
+    torch's ``DistributedSampler`` (which Lightning puts into every loader under DDP) pads the
+    data set with repeated samples to a multiple of the world size, so a validation loss or a
+    metric would count those samples twice. Here rank ``r`` of ``W`` reads the contiguous block
+    ``[r * N // W, (r + 1) * N // W)``, in order (neighbouring lmdb keys and zip members stay
+    together); the shares differ by at most one sample.
+
+    Being a ``DistributedSampler``, Lightning leaves it in place instead of replacing it
+    (``_DataConnector._requires_distributed_sampler``). Every rank must run at least one batch,
+    or the others would wait forever for it in the epoch-end reduction of the logged metrics, so
+    a non-empty data set smaller than the world size is refused.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        count = len(dataset)
+        if 0 < count < self.num_replicas:
+            raise ValueError(
+                f"the evaluation set has {count} samples, fewer than the {self.num_replicas} processes: some would "
+                "get no batch at all and the others would wait for them forever; use fewer devices or a larger "
+                "validation split"
+            )
+        self.start = self.rank * count // self.num_replicas
+        self.stop = (self.rank + 1) * count // self.num_replicas
+        self.num_samples, self.total_size = self.stop - self.start, count
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
 
 
 def holdout_split(count: int, val_count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,11 +154,12 @@ class BaseDataModule(L.LightningDataModule):
         if self.train_set is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before its dataloaders are asked for")
 
-    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, drop_last: bool, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
@@ -126,17 +167,35 @@ class BaseDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        # Seeded, sharded over the trainer's ranks and resumable mid-epoch (training/resumable_sampler.py).
         self._require_setup()
         if len(self.train_set) < self.batch_size:
             raise ValueError(
                 f"the training set has {len(self.train_set)} images, fewer than data.batch_size={self.batch_size}; "
                 "with drop_last no batch would be left (lower data.batch_size)"
             )
-        return self._loader(self.train_set, shuffle=True, drop_last=True)
+        return resumable_train_loader(
+            self.train_set,
+            self.batch_size,
+            self.trainer,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
+        """The validation set in order; under DDP each rank reads its share, every image once."""
         self._require_setup()
-        return self._loader(self.val_set, shuffle=False, drop_last=False)
+        return self._loader(self.val_set, shuffle=False, drop_last=False, sampler=self.eval_sampler(self.val_set))
+
+    @staticmethod
+    def eval_sampler(dataset: Dataset) -> Sampler | None:
+        """An ``UnpaddedDistributedSampler`` when a process group of several ranks is running, else None.
+
+        Lightning asks for the dataloaders after it has set up the process group, so this sees it.
+        """
+        world_size, rank = distributed_world()
+        return UnpaddedDistributedSampler(dataset, world_size, rank) if world_size > 1 else None
 
 
 class EncodedImageDataModule(BaseDataModule):

@@ -24,14 +24,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from spectral_diffusion.data.base import BaseDataModule, DataNotFoundError
+from spectral_diffusion.data.transforms import ImageTooSmallError, ImageTransform
 from spectral_diffusion.data.worker_rng import WorkerRandom
 
 log = logging.getLogger(__name__)
 
 FOLDER = "cifar-10-batches-py"
+SIZE = 32
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
 META_FILE = "batches.meta"
@@ -127,32 +130,46 @@ def load_class_names(folder: Path) -> tuple[str, ...]:
 
 
 class CIFAR10Dataset(Dataset):
-    """uint8 images held in memory, served as ``(float image (3, 32, 32) in [-1, 1], label)``.
+    """uint8 images held in memory, served as ``(float image (3, R, R) in [-1, 1], label)``.
 
-    With ``random_flip`` an image is flipped horizontally with probability 1/2, from a
-    per-process generator (``WorkerRandom``).
+    Without ``transform`` the 32x32 images are served as they are (``R`` = 32); with one (any
+    other ``data.resolution``) each is resized by it, as the other data sets' images are. With
+    ``random_flip`` an image is flipped horizontally with probability 1/2, decided by ``WorkerRandom``
+    from the index (keyed by seed, epoch and index in training: ``worker_rng.py``).
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, random_flip: bool = False) -> None:
-        self.images, self.labels, self.random_flip = images, labels, random_flip
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        random_flip: bool = False,
+        transform: ImageTransform | None = None,
+    ) -> None:
+        self.images, self.labels, self.random_flip, self.transform = images, labels, random_flip, transform
         self.random = WorkerRandom()
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.images[index].float().div(127.5).sub(1.0)
-        if self.random_flip and self.random.coin():
+        if self.transform is None:
+            image = self.images[index].float().div(127.5).sub(1.0)
+        else:
+            image = self.transform(Image.fromarray(self.images[index].permute(1, 2, 0).numpy()), f"CIFAR-10 #{index}")
+        if self.random_flip and self.random.coin(key=index):
             image = image.flip(-1)
         return image, self.labels[index]
 
 
 class CIFAR10DataModule(BaseDataModule):
-    """CIFAR-10 train (50k) and test (10k, the validation set); batches ``(3, 32, 32)`` in [-1, 1].
+    """CIFAR-10 train (50k) and test (10k, the validation set); batches ``(3, R, R)`` in [-1, 1].
 
     Args:
         root: folder that holds ``cifar-10-batches-py/`` (or that folder itself); where downloads go.
         download: download through torchvision if the files are not there (needs network access).
+        resolution: side of the output images; 32 serves the images as they are, anything else
+            resizes them (bicubic, antialiased when shrinking) as ``transforms.ImageTransform`` does.
+        small_images: ``upscale`` or ``error`` for a ``resolution`` above 32 (every image would be upscaled).
         random_flip: horizontal flips of training images.
         batch_size, num_workers, pin_memory, persistent_workers: as in ``BaseDataModule``.
     """
@@ -164,6 +181,8 @@ class CIFAR10DataModule(BaseDataModule):
         self,
         root: str | None = None,
         download: bool = False,
+        resolution: int = SIZE,
+        small_images: str = "upscale",
         random_flip: bool = True,
         batch_size: int = 128,
         num_workers: int = 2,
@@ -171,12 +190,20 @@ class CIFAR10DataModule(BaseDataModule):
         persistent_workers: bool = True,
     ) -> None:
         super().__init__(batch_size, num_workers, pin_memory, persistent_workers)
+        transform = ImageTransform(resolution, small_images)  # checks both values
+        if resolution > SIZE and small_images == "error":
+            raise ImageTooSmallError(
+                f"CIFAR-10's images are {SIZE}x{SIZE}, smaller than data.resolution={resolution}; "
+                "set data.small_images=upscale to upscale them, or data.resolution=32"
+            )
+        self.transform = None if resolution == SIZE else transform
         self.root, self.download, self.random_flip = root, download, random_flip
+        self.resolution, self.small_images = resolution, small_images
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """Shape ``(C, H, W)`` of one sample."""
-        return (3, 32, 32)
+        return (3, self.resolution, self.resolution)
 
     def prepare_data(self) -> None:
         # Runs on one process per node: the only place a download may happen.
@@ -199,8 +226,8 @@ class CIFAR10DataModule(BaseDataModule):
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         folder = locate_cifar10(self.root)
         self.class_names = load_class_names(folder)
-        train = CIFAR10Dataset(*load_cifar10(folder, "train"), random_flip=self.random_flip)
-        val = CIFAR10Dataset(*load_cifar10(folder, "test"), random_flip=False)
+        train = CIFAR10Dataset(*load_cifar10(folder, "train"), self.random_flip, self.transform)
+        val = CIFAR10Dataset(*load_cifar10(folder, "test"), False, self.transform)
         if (len(train), len(val)) != (50_000, 10_000):
             log.warning(
                 "CIFAR-10 has 50000 train and 10000 test images; %s holds %d and %d", folder, len(train), len(val)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spectral_diffusion.data.base import BaseDataModule, DataNotFoundError
+from spectral_diffusion.data.worker_rng import WorkerRandom
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,9 @@ class GrayscaleImageDataset(Dataset):
     """uint8 images held in memory, served as ``(float image in [-1, 1] of shape (1, S, S), label)``.
 
     Images are padded symmetrically with the background value (-1) to ``pad_to``; with
-    ``random_flip`` they are flipped horizontally with probability 1/2.
+    ``random_flip`` they are flipped horizontally with probability 1/2, decided by ``WorkerRandom``
+    from the index (keyed by seed, epoch and index in training: ``worker_rng.py``), as the other
+    data sets' images are.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, pad_to: int, random_flip: bool = False) -> None:
@@ -148,6 +151,7 @@ class GrayscaleImageDataset(Dataset):
         before = (pad_to - size) // 2
         self.padding = (before, pad_to - size - before) * 2
         self.random_flip = random_flip
+        self.random = WorkerRandom()  # not the global RNG: see worker_rng.py
 
     def __len__(self) -> int:
         return len(self.images)
@@ -155,7 +159,7 @@ class GrayscaleImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.images[index].float().div(127.5).sub(1.0)[None]
         image = F.pad(image, self.padding, value=-1.0)
-        if self.random_flip and torch.rand(()) < 0.5:
+        if self.random_flip and self.random.coin(key=index):
             image = image.flip(-1)
         return image, self.labels[index]
 
@@ -198,6 +202,11 @@ class FashionMNISTDataModule(BaseDataModule):
     def image_shape(self) -> tuple[int, int, int]:
         """Shape ``(C, H, W)`` of one sample, which the model must match."""
         return (1, self.pad_to, self.pad_to)
+
+    @property
+    def resolution(self) -> int:
+        """Side of the output images, as the other DataModules call it (set here by ``pad_to``)."""
+        return self.pad_to
 
     def prepare_data(self) -> None:
         # Runs on one process per node: the only place a download may happen.

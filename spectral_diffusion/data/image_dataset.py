@@ -67,7 +67,8 @@ class EncodedImageDataset(Dataset):
         source: where the encoded images are.
         transform: the preprocessing (crop, resize, scale).
         labels: one class index per entry; ``None`` for unlabelled data, whose samples carry label 0.
-        random_flip: flip horizontally with probability 1/2 (per-process generator, ``WorkerRandom``).
+        random_flip: flip horizontally with probability 1/2, decided by ``WorkerRandom`` from the index
+            (keyed by seed, epoch and index in training: ``worker_rng.py``).
         on_corrupt: ``skip`` or ``error`` (module doc).
     """
 
@@ -123,7 +124,7 @@ class EncodedImageDataset(Dataset):
             )
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(self.source)
+        key, n = index, len(self.source)  # the key decides the flip; index % n is a plain int
         if not -n <= index < n:  # also ends iteration over the dataset (the replacement wraps around)
             raise IndexError(f"index {index} is out of range for {n} images")
         index %= n
@@ -140,7 +141,7 @@ class EncodedImageDataset(Dataset):
                     ) from err
                 self._note_skipped(candidate, str(err))
                 continue
-            if self.random_flip and self.random.coin():
+            if self.random_flip and self.random.coin(key=key):
                 image = image.flip(-1)
             return image, torch.tensor(self.label(candidate), dtype=torch.int64)
         raise UnreadableImageError(

@@ -39,9 +39,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 
 from spectral_diffusion.autoencoders.base import FirstStage
+from spectral_diffusion.data.base import BaseDataModule
+from spectral_diffusion.training.resumable_sampler import resumable_train_loader
 
 log = logging.getLogger(__name__)
 
@@ -370,13 +372,24 @@ class LatentDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        # Seeded, sharded over the trainer's ranks and resumable mid-epoch (training/resumable_sampler.py).
         dataset = LatentBatches(self.train_store, self.train_entries)
-        generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(dataset, RandomSampler(dataset, generator=generator), drop_last=True)
+        return resumable_train_loader(
+            dataset,
+            self.batch_size,
+            self.trainer,
+            seed=self.seed,
+            batched_dataset=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_entries is None:
             return []
         store = self.val_store or self.train_store
         dataset = LatentBatches(store, self.val_entries)
-        return self._loader(dataset, SequentialSampler(dataset), drop_last=False)
+        # Under DDP each rank reads its share and no entry twice (torch's sampler would pad with repeats).
+        sampler = BaseDataModule.eval_sampler(dataset) or SequentialSampler(dataset)
+        return self._loader(dataset, sampler, drop_last=False)

@@ -21,16 +21,20 @@ by a permutation seeded with ``split_seed``.
 Databases are opened read-only, once in each process (``sources.shared_lmdb``). Their key list is
 read once with a key-only cursor and cached next to the database as ``<database>_keys.txt``
 (hex keys, stamped with the size and modification time of ``data.mdb``, so a changed database is
-listed again); where that folder is not writable the keys stay in memory.
+listed again); where that folder is not writable the keys stay in memory. A file that is not an
+lmdb database, or a database whose first values are not images (another project's layout), is
+refused with the expected layout; single bad values are left to ``data.on_corrupt``.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
 from torch.utils.data import Dataset
 
 from spectral_diffusion.data.base import DataNotFoundError, EncodedImageDataModule, holdout_split, require_root, take
@@ -39,6 +43,8 @@ from spectral_diffusion.data.sources import FolderSource, ImageSource, LmdbSourc
 log = logging.getLogger(__name__)
 
 _CACHE_FORMAT = "# lmdb keys v1 hex"
+#: How many values ``check_lmdb_values`` looks at before calling a database not one of images.
+PROBED_VALUES = 8
 
 
 def layout(category: str) -> str:
@@ -137,11 +143,43 @@ def lmdb_keys(database: str | Path) -> list[bytes]:
     return keys
 
 
+def check_lmdb_values(database: Path, keys: list[bytes], category: str) -> None:
+    """``DataNotFoundError`` unless one of the first ``PROBED_VALUES`` values is an image Pillow recognises.
+
+    A database of another layout (pickled arrays, a key index, sub-databases) would otherwise only
+    show up as every image being "corrupt"; a few corrupt values among good ones are left to
+    ``data.on_corrupt``. Only the headers are parsed, so this costs a few small reads.
+    """
+    seen = []
+    with shared_lmdb(database).begin(write=False, buffers=False) as txn:
+        for key in keys[:PROBED_VALUES]:
+            value = txn.get(key) or b""
+            try:
+                Image.open(io.BytesIO(value)).close()
+                return
+            except Exception:  # Pillow raises UnidentifiedImageError, OSError, SyntaxError, ...
+                seen.append(f"{key.decode(errors='backslashreplace')}: {value[:16]!r}")
+    raise DataNotFoundError(
+        f"{database} is an lmdb database, but not one of images: the values of its first {len(seen)} key(s) are "
+        f"not images Pillow can read ({'; '.join(seen[:3])}). LSUN's databases map image ids to "
+        f"WebP/JPEG bytes.\n{layout(category)}"
+    )
+
+
 def list_split(split: LsunSplit, category: str) -> list[bytes] | list[str]:
     """The keys (lmdb) or relative paths (folder) of one split; ``DataNotFoundError`` if it holds none."""
-    entries = lmdb_keys(split.path) if split.kind == "lmdb" else list_folder_images(split.path)
-    if not entries:
-        raise DataNotFoundError(f"{split.path} holds no images.\n{layout(category)}")
+    import lmdb
+
+    try:
+        entries = lmdb_keys(split.path) if split.kind == "lmdb" else list_folder_images(split.path)
+        if not entries:
+            raise DataNotFoundError(f"{split.path} holds no images.\n{layout(category)}")
+        if split.kind == "lmdb":
+            check_lmdb_values(split.path, entries, category)
+    except lmdb.Error as err:
+        raise DataNotFoundError(
+            f"{split.path} cannot be read as an lmdb database ({type(err).__name__}: {err}).\n{layout(category)}"
+        ) from err
     return entries
 
 
