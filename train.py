@@ -15,11 +15,15 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from spectral_diffusion.evaluation.cost import count_gmacs, count_params
+from spectral_diffusion.training.batching import BatchPlan, resolve_batch_plan, scaled_lr
 from spectral_diffusion.training.build import ConfigError, build_module, check_data_fits_model
+from spectral_diffusion.training.callbacks import LoggerIds
 from spectral_diffusion.training.module import DiffusionModule
+from spectral_diffusion.training.performance import configure_tf32, explain_out_of_memory
+from spectral_diffusion.training.preemption import slurm_job_id, was_preempted
 from spectral_diffusion.utils.checkpoint import (
     CheckpointMismatchError,
     checkpoint_config,
@@ -27,7 +31,16 @@ from spectral_diffusion.utils.checkpoint import (
     load_checkpoint,
     network_state_dict,
 )
-from spectral_diffusion.utils.run import find_resume_checkpoint, register_resolvers, task_wrapper, write_run_record
+from spectral_diffusion.utils.run import (
+    continue_logger_runs,
+    drop_file_log_handlers,
+    find_resume_checkpoint,
+    register_resolvers,
+    stored_logger_ids,
+    task_wrapper,
+    write_metrics,
+    write_run_record,
+)
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -66,6 +79,51 @@ def save_final_checkpoint(trainer: L.Trainer) -> None:
         return
     trainer.save_checkpoint(Path(callback.dirpath) / "last.ckpt")
     log.info("saved the final step %d to %s", trainer.global_step, Path(callback.dirpath) / "last.ckpt")
+
+
+def log_config(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Give every logger the resolved run config (wandb's run config, hparams.yaml, TensorBoard's hparams)."""
+    config = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}
+    for logger in trainer.loggers:  # loggers write on rank 0 only
+        logger.log_hyperparams(config)
+
+
+def apply_batch_plan(cfg: DictConfig, world_size: int) -> BatchPlan:
+    """Derive the per-device batch, the accumulation and the learning rate from ``batch.*``.
+
+    The derived values are written into ``cfg`` (``data.batch_size``,
+    ``trainer.accumulate_grad_batches``, ``module.optimizer.lr``), so the run's ``config.yaml`` and
+    checkpoints record what was used, and are logged.
+    """
+    batch_cfg = cfg.get("batch") or {}
+    plan = resolve_batch_plan(
+        batch_cfg.get("global_size"),
+        batch_cfg.get("per_device_max"),
+        int(cfg.data.batch_size),
+        int(cfg.trainer.get("accumulate_grad_batches", 1)),
+        world_size,
+    )
+    rule = batch_cfg.get("lr_scaling", "none")
+    optimizer_cfg = cfg.module.get("optimizer")
+    with open_dict(cfg):
+        cfg.data.batch_size = plan.per_device
+        cfg.trainer.accumulate_grad_batches = plan.accumulate
+        if rule != "none":
+            if optimizer_cfg is None or optimizer_cfg.get("lr") is None:
+                raise ConfigError(f"batch.lr_scaling={rule} needs module.optimizer.lr to scale")
+            base = float(optimizer_cfg.lr)
+            optimizer_cfg.lr = scaled_lr(base, rule, plan.global_size, batch_cfg.get("reference_size"))
+            log.info(
+                "learning rate %.4g = module.optimizer.lr %.4g scaled by batch.lr_scaling=%s from "
+                "batch.reference_size=%s to the global batch %d",
+                optimizer_cfg.lr,
+                base,
+                rule,
+                batch_cfg.get("reference_size"),
+                plan.global_size,
+            )
+    log.info("%s", plan.describe())
+    return plan
 
 
 def prepare_latent_stats(first_stage: torch.nn.Module, datamodule: L.LightningDataModule, cfg: DictConfig) -> None:
@@ -108,15 +166,34 @@ def prepare_latent_stats(first_stage: torch.nn.Module, datamodule: L.LightningDa
 
 @task_wrapper
 def train(cfg: DictConfig) -> float | None:
-    """Build everything from ``cfg``, fit, and return ``cfg.optimized_metric`` (for sweeps)."""
+    """Build everything from ``cfg``, fit, and return ``cfg.optimized_metric`` (for sweeps).
+
+    Every process of a DDP run executes this; only rank 0 writes the run record, checkpoints,
+    samples, logs and ``metrics.json``, all into the one run directory.
+    """
     if cfg.get("dry_run"):
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return None
-    L.seed_everything(cfg.seed, workers=True)
+    configure_tf32(bool(cfg.get("tf32", False)))
+    ckpt_path = find_resume_checkpoint(cfg)
+    # A resumed (or requeued) run keeps logging to its wandb run: the id is in the checkpoint.
+    continue_logger_runs(cfg.get("logger"), stored_logger_ids(ckpt_path))
 
+    # The trainer first: the batch plan needs its world size (devices x nodes).
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=[*instantiate_collection(cfg.get("callbacks")), LoggerIds()],
+        logger=instantiate_collection(cfg.get("logger")) or False,
+    )
+    if not trainer.is_global_zero:
+        drop_file_log_handlers()  # one log file, written by rank 0 (console output stays)
+    plan = apply_batch_plan(cfg, trainer.world_size)
+    trainer.accumulate_grad_batches = plan.accumulate
+
+    L.seed_everything(cfg.seed, workers=True)
     datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
-    ckpt_path = find_resume_checkpoint(cfg)
+    gmacs: float | None = None
     if isinstance(module, DiffusionModule):
         if getattr(datamodule, "provides_latents", False) and module.first_stage is None:
             raise ConfigError(
@@ -126,11 +203,12 @@ def train(cfg: DictConfig) -> float | None:
             )
         check_data_fits_model(datamodule, module.net, module.first_stage)
         shape = module.sample_shape
+        gmacs = count_gmacs(module.net, shape, module.class_conditional)
         log.info(
             "model %s: %.3fM parameters, %.4f GMACs per forward pass at %s",
             cfg.model._target_.rsplit(".", 1)[-1],
             count_params(module.net) / 1e6,
-            count_gmacs(module.net, shape, module.class_conditional),
+            gmacs,
             "x".join(map(str, shape)),
         )
         if module.first_stage is not None and not ckpt_path:
@@ -138,20 +216,42 @@ def train(cfg: DictConfig) -> float | None:
     if ckpt_path:
         check_checkpoint_fits(module, ckpt_path)
 
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        callbacks=instantiate_collection(cfg.get("callbacks")),
-        logger=instantiate_collection(cfg.get("logger")) or False,
-    )
     if trainer.is_global_zero:
         write_run_record(cfg, cfg.paths.output_dir)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    log_config(trainer, cfg)
+    with explain_out_of_memory(plan.per_device, plan.accumulate):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if was_preempted(trainer):
+        log.warning(
+            "stopped by a preemption signal at step %d; re-run the same command (a requeued job does) to resume",
+            trainer.global_step,
+        )
+        if slurm_job_id() is not None:
+            # The job was requeued: exit without a result, so that a sweep records the requeued
+            # attempt's metric instead of counting this interrupted one as a failed trial.
+            raise SystemExit(0)
+        return None
     save_final_checkpoint(trainer)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     log.info("final metrics: %s", metrics)
     log.info("run directory: %s", cfg.paths.output_dir)
-    return metrics.get(cfg.get("optimized_metric"))
+    value = metrics.get(cfg.get("optimized_metric"))
+    if trainer.is_global_zero:
+        net = getattr(module, "net", None)
+        write_metrics(
+            cfg.paths.output_dir,
+            {
+                str(cfg.get("optimized_metric")): value,
+                "metrics": metrics,
+                "gmacs": gmacs,
+                "params_m": count_params(net) / 1e6 if net is not None else None,
+                "global_step": int(trainer.global_step),
+                "global_batch_size": plan.global_size,
+                "run_dir": str(cfg.paths.output_dir),
+            },
+        )
+    return value
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

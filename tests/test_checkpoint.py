@@ -62,3 +62,43 @@ def test_architecture_mismatch_names_keys():
     ):
         load_network_weights(small, deeper.state_dict(), "deep.ckpt")
     load_network_weights(small, UNet(16, 1, 8, (1, 2), 1, head_channels=8).state_dict(), "same.ckpt")
+
+
+KILLED_MID_SAVE = """
+import os, signal, sys
+import torch
+from spectral_diffusion.utils.checkpoint import AtomicCheckpointIO
+
+def killed_while_writing(obj, f, *args, **kwargs):
+    f.write(b"the first bytes of a checkpoint")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # no finally block, no cleanup: a real kill
+
+torch.save = killed_while_writing
+AtomicCheckpointIO().save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_save_leaves_the_previous_checkpoint_usable(tmp_path):
+    """~9 s: a child process (importing torch and Lightning) is killed with SIGKILL inside torch.save."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_MID_SAVE, str(path)], cwd=repo, capture_output=True, timeout=120
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "last.ckpt"]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".last.ckpt.tmp-")  # the torn write, beside it
+    assert io.load_checkpoint(path)["global_step"] == 1
+    assert torch.equal(io.load_checkpoint(path)["w"], torch.ones(3))
+    io.save_checkpoint({"global_step": 3, "w": torch.ones(3)}, path)  # the next save clears the leftover
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert io.load_checkpoint(path)["global_step"] == 3

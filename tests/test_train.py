@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,76 @@ def test_non_finite_loss_stops_with_a_message_naming_the_step(train_cfg):
     module.loss = lambda *args: torch.tensor(float("nan"))
     with pytest.raises(FloatingPointError, match=r"training loss is nan at step 0.*module.optimizer.lr"):
         module.training_step((torch.zeros(2, 1, 32, 32), torch.zeros(2, dtype=torch.long)), 0)
+
+
+def test_metrics_json_records_the_metric_cost_and_step(train_cfg):
+    cfg = train_cfg()
+    metric = train(cfg)
+    record = json.loads((run_dir(cfg) / "metrics.json").read_text())
+    assert record["val/loss"] == pytest.approx(metric)
+    assert record["metrics"]["val/loss"] == pytest.approx(metric)
+    assert record["global_step"] == 4 and record["run_dir"] == str(run_dir(cfg))
+    assert record["params_m"] == pytest.approx(0.0451, abs=1e-3)  # the tiny debug UNet
+    assert 0 < record["gmacs"] < 0.1
+    assert "base_channels: 8" in (run_dir(cfg) / "csv" / "hparams.yaml").read_text()  # the config, logged
+
+
+def test_non_finite_skip_mode_drops_the_step_and_goes_on(train_cfg):
+    """With module.non_finite_loss=skip a NaN loss leaves the weights and Adam's state untouched."""
+    from spectral_diffusion.training import module as module_lib
+
+    cfg = train_cfg("module.non_finite_loss=skip", "trainer.max_steps=3", "callbacks.ema=null")
+    original = module_lib.DiffusionModule._compute_loss
+
+    def nan_at_step_1(self, batch, generator):
+        terms = original(self, batch, generator)
+        if self.global_step == 1:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    module_lib.DiffusionModule._compute_loss = nan_at_step_1
+    try:
+        train(cfg)
+    finally:
+        module_lib.DiffusionModule._compute_loss = original
+    ckpt = torch.load(run_dir(cfg) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+    assert {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()} == {2}  # 3 steps, 1 skipped
+
+
+def test_non_finite_policy_is_checked(train_cfg):
+    from hydra.errors import InstantiationException
+
+    from spectral_diffusion.training.build import build_module
+
+    with pytest.raises(InstantiationException, match=r"module.non_finite_loss='ignore' must be one of stop, skip"):
+        build_module(train_cfg("module.non_finite_loss=ignore"))
+
+
+def test_out_of_memory_names_the_per_device_batch(train_cfg):
+    from spectral_diffusion.training import module as module_lib
+    from spectral_diffusion.training.performance import TrainingOutOfMemoryError
+
+    original = module_lib.DiffusionModule._compute_loss
+
+    def out_of_memory(self, batch, generator):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    module_lib.DiffusionModule._compute_loss = out_of_memory
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        with pytest.raises(TrainingOutOfMemoryError, match=r"per-device batch of 4 images.*batch.per_device_max=2"):
+            train(train_cfg())
+    finally:
+        module_lib.DiffusionModule._compute_loss = original
+    assert signal.getsignal(signal.SIGUSR1) == before  # the crash did not leave the preemption handler behind
+
+
+def test_periodic_checkpoints_rotate(train_cfg):
+    cfg = train_cfg(
+        "trainer.max_steps=8", "callbacks.model_checkpoint.save_top_k=2", "callbacks.sample_grid.every_n_steps=0"
+    )
+    train(cfg)
+    names = sorted(p.name for p in (run_dir(cfg) / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step_0000006.ckpt", "step_0000008.ckpt"]

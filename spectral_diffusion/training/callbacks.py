@@ -1,4 +1,4 @@
-"""Training callbacks: EMA weights and sample grids made with them."""
+"""Training callbacks: EMA weights, sample grids made with them, and the loggers' run ids in checkpoints."""
 
 from __future__ import annotations
 
@@ -80,6 +80,10 @@ class SampleGrid(L.Callback):
             self.write(trainer, pl_module, f"step_{step:07d}.png")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from spectral_diffusion.training.preemption import was_preempted
+
+        if was_preempted(trainer):
+            return  # the job is about to be killed; the resumed run writes the final grid
         if self._last_written and self._last_written[0] == trainer.global_step and trainer.is_global_zero:
             # The periodic grid of this very step is the final one: copy it instead of sampling again.
             shutil.copyfile(self._last_written[1], self.dirpath / "final.png")
@@ -111,3 +115,28 @@ class SampleGrid(L.Callback):
                 experiment.add_image("samples", grid, trainer.global_step, dataformats="HWC")
             elif type(logger).__name__ == "WandbLogger":
                 logger.log_image("samples", [grid.numpy()], step=trainer.global_step, caption=[name])
+
+
+#: Top-level checkpoint key of the loggers' run ids (``{"WandbLogger": "<run id>", ...}``).
+LOGGER_IDS_KEY = "logger_ids"
+
+
+def logger_ids(trainer: L.Trainer) -> dict[str, str]:
+    """The run id of each logger that has one worth continuing (wandb's run id)."""
+    ids = {}
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and logger.version:
+            ids[type(logger).__name__] = str(logger.version)
+    return ids
+
+
+class LoggerIds(L.Callback):
+    """Store the loggers' run ids in every checkpoint, so a resumed or requeued run logs to the same run.
+
+    ``train.py`` reads them back (``utils/run.py: stored_logger_ids``) before the loggers are built.
+    """
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        ids = logger_ids(trainer)
+        if ids:
+            checkpoint[LOGGER_IDS_KEY] = ids

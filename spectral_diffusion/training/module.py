@@ -14,6 +14,7 @@ not in its state_dict, its optimizer or its EMA copy, so checkpoints hold only w
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -24,8 +25,14 @@ from torch import nn
 
 from spectral_diffusion.diffusion.process import GaussianDiffusion
 from spectral_diffusion.diffusion.samplers import Sampler, sample
+from spectral_diffusion.training.conditioning import check_dropout, prepare_condition
 from spectral_diffusion.utils.checkpoint import METADATA_KEY
 from spectral_diffusion.utils.shared import SharedRef
+
+log = logging.getLogger(__name__)
+
+#: What to do with a non-finite training loss (``module.non_finite_loss``).
+NON_FINITE_POLICIES = ("stop", "skip")
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -36,6 +43,28 @@ def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """
     state = np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def sample_slot(batch_idx: int, accumulate: int, world_size: int, rank: int) -> int:
+    """Which micro-batch of its optimizer step a batch is, counted over accumulation and ranks.
+
+    Micro-batch ``a`` of rank ``r`` is slot ``a * world_size + r``: the slice of the step's images
+    that ``training/resumable_sampler.py`` hands it. Keying the step's randomness by slot rather
+    than by rank alone gives every micro-batch its own noise under gradient accumulation, and makes
+    a run on W devices draw what a run on one device accumulating W micro-batches draws. With no
+    accumulation the slot is the rank.
+    """
+    return (batch_idx % max(1, accumulate)) * world_size + rank
+
+
+def seed_global_rngs(seed: int, slot: int, step: int) -> None:
+    """Reseed torch's global generators (CPU and accelerators) from (seed, slot, step).
+
+    What draws from them during a step (dropout) then depends on these numbers only, like the
+    step's noise, and a resumed run continues the same stream without stored RNG state.
+    """
+    state = np.random.SeedSequence([seed, slot, step, 1]).generate_state(2, dtype=np.uint32)
+    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def warmup_lambda(step: int, warmup_steps: int) -> float:
@@ -73,6 +102,15 @@ class DiffusionModule(L.LightningModule):
         first_stage: the frozen autoencoder whose latents the network denoises
             (``autoencoders/``); ``None`` is pixel space. Batches of images are encoded on the fly
             unless the DataModule already provides latents (``provides_latents``).
+        label_dropout: probability that a training sample's class label is replaced by the null
+            label (classifier-free guidance; ``training/conditioning.py``). Ignored without
+            ``num_classes``.
+        context_dropout: the same for a context sequence (batches ``(images, labels, context[,
+            context_mask])`` of a network with ``context_dim``).
+        non_finite_loss: ``stop`` raises on a NaN/inf training loss (the last checkpoint stays the
+            last good state); ``skip`` drops that optimizer step (all ranks agree) and goes on.
+        compile_network: ``torch.compile`` the network's forward at the start of fitting (the
+            state_dict keys do not change, so checkpoints are the same either way).
     """
 
     def __init__(
@@ -87,6 +125,10 @@ class DiffusionModule(L.LightningModule):
         channels_last: bool = True,
         run_config: dict[str, Any] | None = None,
         first_stage: nn.Module | None = None,
+        label_dropout: float = 0.0,
+        context_dropout: float = 0.0,
+        non_finite_loss: str = "stop",
+        compile_network: bool = False,
     ) -> None:
         super().__init__()
         self.net = net
@@ -102,6 +144,16 @@ class DiffusionModule(L.LightningModule):
         self.run_config = run_config or {}
         self._first_stage = SharedRef(first_stage) if first_stage is not None else None
         self._encode_batches = True
+        self.label_dropout = check_dropout(label_dropout, "module.label_dropout")
+        self.context_dropout = check_dropout(context_dropout, "module.context_dropout")
+        if non_finite_loss not in NON_FINITE_POLICIES:
+            raise ValueError(
+                f"module.non_finite_loss={non_finite_loss!r} must be one of {', '.join(NON_FINITE_POLICIES)}"
+            )
+        self.non_finite_loss = non_finite_loss
+        self.compile_network = bool(compile_network)
+        self._non_finite_in_step = False  # a micro-batch of the current optimizer step had a NaN/inf loss
+        self.skipped_steps = 0
 
     # -- frozen parts -----------------------------------------------------------------------------
     @property
@@ -136,6 +188,12 @@ class DiffusionModule(L.LightningModule):
     def _labels(self, batch: Any) -> torch.Tensor | None:
         return batch[1] if self.class_conditional and isinstance(batch, (tuple, list)) else None
 
+    def _context(self, batch: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """``(context, context_mask)`` of a batch ``(images, labels, context[, mask])`` for a context network."""
+        if getattr(self.net, "context_dim", None) is None or not isinstance(batch, (tuple, list)) or len(batch) < 3:
+            return None, None
+        return batch[2], (batch[3] if len(batch) > 3 else None)
+
     def _images(self, batch: Any) -> torch.Tensor:
         """What the network denoises: the batch's latents, or its images encoded by the first stage."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -151,18 +209,63 @@ class DiffusionModule(L.LightningModule):
 
     def _compute_loss(self, batch: Any, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The loss and, for losses that have several terms (distillation), each term."""
-        images, labels = self._images(batch), self._labels(batch)
+        images = self._images(batch)
+        # Condition dropout (for classifier-free guidance) in training only; validation stays conditional.
+        condition = prepare_condition(
+            self._labels(batch),
+            *self._context(batch),
+            num_classes=getattr(self.net, "num_classes", None),
+            label_dropout=self.label_dropout if self.training else 0.0,
+            context_dropout=self.context_dropout if self.training else 0.0,
+            generator=generator,
+        )
+        labels, extra = condition.class_labels, condition.network_kwargs()
         if hasattr(self.loss, "terms"):
-            return self.loss.terms(self.net, images, labels, generator)
-        return {"loss": self.loss(self.net, images, labels, generator)}
+            return self.loss.terms(self.net, images, labels, generator, **extra)
+        return {"loss": self.loss(self.net, images, labels, generator, **extra)}
 
     # -- training ---------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        generator = step_generator(self.seed, self.global_rank, self.global_step)
-        terms = self._compute_loss(batch, generator)
+        trainer = self._trainer
+        accumulate, world_size = (trainer.accumulate_grad_batches, trainer.world_size) if trainer else (1, 1)
+        slot = sample_slot(batch_idx, accumulate, world_size, self.global_rank)
+        seed_global_rngs(self.seed, slot, self.global_step)
+        terms = self._compute_loss(batch, step_generator(self.seed, slot, self.global_step))
         loss = terms.pop("loss")
+        if self.non_finite_loss == "skip" and not torch.isfinite(loss):
+            # Backward still runs (under DDP every rank must reduce gradients); optimizer_step drops them.
+            self._non_finite_in_step = True
+            log.warning("training loss is %s at step %d: skipping this step", loss.item(), self.global_step)
+            return loss
         log_training_loss(self, loss, terms, "training loss")
         return loss
+
+    def optimizer_step(
+        self,
+        epoch: int,
+        batch_idx: int,
+        optimizer: Any,
+        optimizer_closure: Callable[[], Any] | None = None,
+    ) -> None:
+        """With ``non_finite_loss=skip``: no update for a step whose loss was not finite on any rank."""
+        if self.non_finite_loss != "skip":
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        result = optimizer_closure() if optimizer_closure is not None else None  # forward + backward
+        skip = self._non_finite_in_step
+        if self.trainer.world_size > 1:
+            skip = self.trainer.strategy.reduce_boolean_decision(skip, all=False)
+        self._non_finite_in_step = False
+        if skip:
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+            return None
+        # The precision plugin calls the closure (cached result), clips, and steps as usual.
+        return optimizer.step(closure=lambda: result)
+
+    def on_fit_start(self) -> None:
+        if self.compile_network:
+            self.net.compile()  # in place: parameters and state_dict keys stay as they are
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         # Fixed per-batch randomness: validation losses of different steps are comparable.

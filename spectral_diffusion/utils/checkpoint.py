@@ -103,12 +103,44 @@ def load_network_weights(net: nn.Module, state_dict: dict[str, torch.Tensor], so
     net.load_state_dict(state_dict)
 
 
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the half-written ``.NAME.tmp-PID`` files that a process killed mid-save left beside ``path``.
+
+    Only one process (rank 0) writes a given checkpoint, so any other temporary of it is dead.
+    """
+    own = f".{path.name}.tmp-{os.getpid()}"
+    stale = [p for p in path.parent.glob(f".{path.name}.tmp-*") if p.name != own]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def fsync_directory(directory: Path) -> None:
+    """Flush a directory entry (a rename) to disk where the platform allows opening directories."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that writes ``tmp -> fsync -> rename`` and reads with ``weights_only``."""
+    """Lightning checkpoint IO that writes ``tmp -> fsync -> rename`` and reads with ``weights_only``.
+
+    A kill at any moment leaves either the previous file or the new one under the final name,
+    never a torn one; the temporary a killed save leaves behind is removed by the next save.
+    The rename is followed by an fsync of the directory, so the new name survives a power loss.
+    """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
@@ -116,6 +148,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            fsync_directory(path.parent)
         finally:
             tmp.unlink(missing_ok=True)
 

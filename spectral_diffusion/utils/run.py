@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +40,105 @@ def write_run_record(cfg: DictConfig, output_dir: str | Path) -> None:
     (output_dir / "git.json").write_text(json.dumps(git_revision(), indent=2) + "\n")
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The ``global_step`` stored in a checkpoint (memory-mapped: cheap), or -1 if it cannot be read."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+    except Exception as err:  # a torn or foreign file must not stop the search for a good one
+        log.warning("ignoring unreadable checkpoint %s (%s: %s)", path, type(err).__name__, err)
+        return -1
+
+
+def run_checkpoints(output_dir: str | Path) -> list[Path]:
+    """The run's resumable checkpoints: ``checkpoints/last.ckpt`` and Lightning's SLURM ``hpc_ckpt_N.ckpt``."""
+    output_dir = Path(output_dir)
+    candidates = [output_dir / "checkpoints" / "last.ckpt", *sorted(output_dir.glob("hpc_ckpt_*.ckpt"))]
+    return [p for p in candidates if p.is_file()]
+
+
 def find_resume_checkpoint(cfg: DictConfig) -> str | None:
     """The checkpoint this run continues from.
 
-    ``ckpt_path=PATH`` wins. Otherwise, with ``resume=true`` (the default), the run directory's own
-    ``checkpoints/last.ckpt``: re-running the same command continues the run. With
-    ``resume=false`` a run directory that already holds a checkpoint is refused rather than
-    overwritten.
+    ``ckpt_path=PATH`` wins. Otherwise, with ``resume=true`` (the default), the newest of the run
+    directory's own ``checkpoints/last.ckpt`` and the ``hpc_ckpt_N.ckpt`` that Lightning's SLURM
+    handler writes (by stored step; ``last.ckpt`` on a tie): re-running the same command, or the
+    requeued job, continues the run. With ``resume=false`` a run directory that already holds a
+    checkpoint is refused rather than overwritten.
     """
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path} does not exist")
         return str(path)
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    if not last.is_file():
+    candidates = run_checkpoints(cfg.paths.output_dir)
+    if not candidates:
         return None
+    last = candidates[0]
     if cfg.get("resume", True):
-        log.info("resuming from %s (set resume=false and a new run_name for a fresh run)", last)
-        return str(last)
+        steps = {path: checkpoint_step(path) for path in candidates}
+        newest = max(candidates, key=lambda path: steps[path])  # max keeps the first (last.ckpt) on ties
+        if steps[newest] < 0:
+            raise RuntimeError(
+                f"no readable checkpoint in {Path(cfg.paths.output_dir)} ({', '.join(map(str, candidates))}); "
+                "pass ckpt_path=... or start a new run_name=..."
+            )
+        log.info(
+            "resuming from %s, step %d (set resume=false and a new run_name for a fresh run)", newest, steps[newest]
+        )
+        return str(newest)
     raise FileExistsError(
         f"{last} exists and resume=false: this would overwrite that run. Use a new run_name=... "
         f"(or paths.output_dir=...), or resume=true to continue it."
     )
+
+
+def drop_file_log_handlers() -> list[logging.Handler]:
+    """Detach the root logger's file handlers: a non-zero DDP rank must not write the run's log file."""
+    root = logging.getLogger()
+    handlers = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    for handler in handlers:
+        root.removeHandler(handler)
+        handler.close()
+    return handlers
+
+
+def stored_logger_ids(ckpt_path: str | Path | None) -> dict[str, str]:
+    """The loggers' run ids saved in a checkpoint (``training/callbacks.py: LoggerIds``), or ``{}``."""
+    if not ckpt_path:
+        return {}
+    import torch
+
+    from spectral_diffusion.training.callbacks import LOGGER_IDS_KEY
+
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # resuming will report an unreadable checkpoint properly
+        return {}
+    return dict(checkpoint.get(LOGGER_IDS_KEY, {}))
+
+
+def continue_logger_runs(logger_cfg: DictConfig | None, ids: dict[str, str]) -> None:
+    """Point the configured wandb logger at the stored run id, so a resumed run continues that run."""
+    if not logger_cfg or "WandbLogger" not in ids:
+        return
+    for entry in logger_cfg.values():
+        if entry is not None and str(entry.get("_target_", "")).endswith("WandbLogger") and not entry.get("id"):
+            with open_dict(entry):
+                entry.id = ids["WandbLogger"]
+                entry.resume = "allow"
+            log.info("continuing wandb run %s", entry.id)
+
+
+def write_metrics(output_dir: str | Path, record: dict[str, Any]) -> Path:
+    """``<run dir>/metrics.json``: what sweeps and ``scripts/pareto.py`` read (written atomically)."""
+    path = Path(output_dir) / "metrics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=float) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def wandb_offline() -> bool:
@@ -85,22 +161,47 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
 
 
-def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Make sure loggers are closed (wandb finishes its run) even when the task crashes.
+def multirun_overrides() -> list[str] | None:
+    """The job's override list when it runs inside a Hydra multirun (``-m``), else ``None``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    A crash still propagates, so a single run fails loudly; Hydra's multirun reports it per job.
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.get("mode") != RunMode.MULTIRUN:
+        return None
+    return list(hydra_cfg.overrides.task)
+
+
+def task_wrapper(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Close the loggers (wandb finishes its run) even when the task crashes, and keep sweeps alive.
+
+    - In a single run a crash propagates: the run fails loudly.
+    - In a multirun (a grid or Optuna sweep, locally or through submitit) one job's crash must not
+      end the whole sweep. The exception is logged with the job's overrides, so the failing point
+      of the search space can be found and re-run, and the job returns NaN. The Optuna sweeper
+      (``hydra_plugins/spectral_optuna_sweeper``) records a NaN trial as failed.
     """
 
     @functools.wraps(task)
     def wrapped(cfg: DictConfig) -> Any:
+        failed = False
         try:
             return task(cfg)
+        except Exception:
+            failed = True
+            overrides = multirun_overrides()
+            if overrides is None:
+                raise
+            log.exception("sweep job failed (returning NaN, the sweep goes on); its overrides: %s", " ".join(overrides))
+            return float("nan")
         finally:
             try:
                 import wandb
 
                 if wandb.run is not None:
-                    wandb.finish()
+                    wandb.finish(exit_code=1 if failed else 0)
             except ImportError:
                 pass
 
