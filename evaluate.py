@@ -1,22 +1,24 @@
-"""Evaluate a checkpoint or a model preset: ``python evaluate.py ckpt_path=PATH`` / ``model=PRESET``.
+"""Evaluate a checkpoint or a model preset: quality, cost, speed and a spectral report.
 
-- With ``ckpt_path``, the network is rebuilt from the config stored in the checkpoint (or from
-  ``model=PRESET`` if given, which must then fit the weights), loaded with ``weights_only=True``
-  (EMA weights unless ``use_ema=false``), and a sample grid is written.
-- Without it, ``model=PRESET`` alone reports the preset's cost.
+    python evaluate.py ckpt_path=PATH metrics=[fid,kid,macs,params,throughput,spectral]
+    python evaluate.py model=PRESET                            # cost of a preset, no checkpoint
+    python evaluate.py mode=reference data=NAME metrics=[fid]  # compute and cache reference statistics
 
-Both write ``metrics.json`` in the run directory (``logs/evaluate/<time>``) and print a table.
-Keys: ``params_m`` (millions of parameters), ``gmacs`` (GMACs of one forward pass, FlopCounterMode
-FLOPs / 2), ``gmacs_attention_products`` (the part of ``gmacs`` in attention's QK^T and AV
-products), ``input_shape``, and with a checkpoint ``global_step``, ``weights``, ``sampler``,
-``sampling_s`` and ``samples_png``.
+- A checkpoint's network is rebuilt from the config stored in it (or ``model=PRESET``, which must
+  fit the weights) and loaded with ``weights_only=True``, with the **EMA weights by default**
+  (``use_ema=false`` for the raw ones; ``weights`` in metrics.json says which were used).
+- Metrics are picked from ``configs/metrics/`` and computed in ``spectral_diffusion/evaluation/``;
+  ``teacher=...`` adds the teacher's numbers and the student/teacher ratios.
+- ``metrics.json`` (keys in ``docs/evaluation.md``), ``samples.png`` and, with ``spectral``,
+  ``spectral_report.{json,png}`` go to the run directory ``logs/evaluate/<run_name>``; a table is
+  printed. Under ``torch.distributed`` every rank generates its share and rank 0 writes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -24,27 +26,39 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from spectral_diffusion.diffusion.samplers import sample
-from spectral_diffusion.evaluation.cost import attention_product_ops, count_params, gmacs_by_op
-from spectral_diffusion.training.build import (
-    ConfigError,
-    build_diffusion,
-    build_first_stage,
-    build_network,
-    build_sampler,
+from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance
+from spectral_diffusion.evaluation import spectral_report
+from spectral_diffusion.evaluation.distributed import world
+from spectral_diffusion.evaluation.extractors import build_feature_extractor
+from spectral_diffusion.evaluation.generation import generate
+from spectral_diffusion.evaluation.guidance_sweep import guidance_sweep
+from spectral_diffusion.evaluation.metrics import (
+    cost_metrics,
+    generated_features,
+    quality_metrics,
+    student_over_teacher,
 )
-from spectral_diffusion.utils.checkpoint import (
-    METADATA_KEY,
-    checkpoint_config,
-    load_checkpoint,
-    load_network_weights,
-    network_state_dict,
-)
-from spectral_diffusion.utils.images import save_grid
+from spectral_diffusion.evaluation.models import GenerativeModel, load_checkpoint_model, teacher_model
+from spectral_diffusion.evaluation.reference import reference_features
+from spectral_diffusion.evaluation.throughput import measure_throughput
+from spectral_diffusion.training.build import ConfigError, build_network, build_sampler, build_teacher
+from spectral_diffusion.utils.images import save_grid, to_uint8
 from spectral_diffusion.utils.run import git_revision, register_resolvers, task_wrapper
 
 log = logging.getLogger("evaluate")
 register_resolvers()
+
+COST_KEYS = {
+    "params": ("params_m", "first_stage_params_m"),
+    "macs": (
+        "gmacs",
+        "gmacs_attention_products",
+        "network_calls_per_sample",
+        "gmacs_per_sample",
+        "gmacs_decoder",
+        "gmacs_per_sample_total",
+    ),
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,23 +68,310 @@ def resolve_device(name: str) -> torch.device:
 
 
 def print_table(metrics: dict[str, Any]) -> None:
-    width = max(map(len, metrics))
-    print("-" * (width + 24))
+    """Scalars, one per line; nested dicts (teacher, ratios) with their name as prefix."""
+    rows: list[tuple[str, str]] = []
     for key, value in metrics.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if key == "protocol":
+            continue
+        items = value.items() if isinstance(value, dict) else [("", value)]
+        for sub, item in items:
+            if isinstance(item, (dict, list)):
+                continue
+            shown = f"{item:.4f}" if isinstance(item, float) else str(item)
+            rows.append((f"{key}/{sub}" if sub else key, shown))
+    width = max(len(k) for k, _ in rows)
+    print("-" * (width + 24))
+    for key, shown in rows:
         print(f"{key:<{width}}  {shown}")
     print("-" * (width + 24))
 
 
-def stored_first_stage(checkpoint: dict[str, Any], stored: dict[str, Any], device: torch.device):
-    """The first stage a checkpoint was trained in (``None``: pixel space), with its latent statistics."""
-    first_stage = build_first_stage(OmegaConf.create(stored["autoencoder"])) if stored.get("autoencoder") else None
-    if first_stage is None:
+def package_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
         return None
-    stats = checkpoint.get(METADATA_KEY, {}).get("latent_stats")
-    if stats:
-        first_stage.set_latent_stats(torch.tensor(stats["shift"]), torch.tensor(stats["scale"]))
-    return first_stage.to(device)
+
+
+def feature_options(cfg: DictConfig) -> DictConfig:
+    """The extractor settings: metrics.fid's, else metrics.kid's, else Inception's defaults."""
+    selected = cfg.get("metrics") or {}
+    for name in ("fid", "kid"):
+        if name in selected:
+            return selected[name]
+    return OmegaConf.create({"feature_extractor": "inception", "weights_path": None, "batch_size": 64})
+
+
+def data_config(cfg: DictConfig, model: GenerativeModel | None) -> DictConfig:
+    """``data=...`` if given, else the data config stored in the checkpoint."""
+    if cfg.get("data") is not None:
+        return cfg.data
+    stored = (model.config or {}).get("data") if model is not None else None
+    if not stored:
+        raise ConfigError("no data config: give data=NAME (see configs/data/), e.g. data=fashion_mnist")
+    return OmegaConf.create(stored)
+
+
+def build_guidance(cfg: DictConfig) -> ClassifierFreeGuidance | None:
+    """Classifier-free guidance from ``guidance=`` (``None`` when unset)."""
+    return hydra.utils.instantiate(cfg.guidance) if cfg.get("guidance") is not None else None
+
+
+def load_model(cfg: DictConfig, device: torch.device) -> tuple[GenerativeModel, bool]:
+    """The model to evaluate and whether it came from a checkpoint."""
+    if cfg.get("ckpt_path"):
+        return load_checkpoint_model(cfg.ckpt_path, cfg.use_ema, cfg.get("model")).to(device), True
+    if cfg.get("model") is not None:
+        net = build_network(cfg.model).to(device).eval()
+        shape = (net.in_channels, net.image_size, net.image_size)
+        return GenerativeModel(net, None, None, shape, getattr(net, "num_classes", None)), False
+    raise ConfigError("nothing to evaluate: give ckpt_path=PATH, or model=PRESET (see configs/model/)")
+
+
+def run_reference(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """``mode=reference``: compute (or find) the reference statistics of ``data=`` and say where they are."""
+    options = feature_options(cfg)
+    extractor = build_feature_extractor(options.feature_extractor, options.weights_path, device, options.batch_size)
+    reference, path, computed = reference_features(
+        data_config(cfg, None),
+        extractor,
+        cfg.reference.cache_dir,
+        cfg.reference.split,
+        cfg.reference.num_images,
+        cfg.reference.batch_size,
+    )
+    result = {
+        "reference_stats": str(path),
+        "computed": computed,
+        "num_images": reference.stats.count,
+        "feature_extractor": extractor.identity,
+        "split": cfg.reference.split,
+    }
+    print_table(result)
+    return result
+
+
+def measure(
+    cfg: DictConfig,
+    model: GenerativeModel,
+    device: torch.device,
+    output_dir: Path,
+    prefix: str,
+    reference_cache: dict[str, Any],
+) -> dict[str, Any]:
+    """Every selected metric of one model (the student, or the teacher with ``prefix='teacher_'``)."""
+    selected = cfg.get("metrics") or {}
+    guidance = build_guidance(cfg)
+    sampler = build_sampler(cfg.sampler, model.diffusion) if model.diffusion is not None else None
+    metrics: dict[str, Any] = {}
+    if {"params", "macs"} & set(selected):
+        cost = cost_metrics(model, sampler, guidance, device)
+        for group, keys in COST_KEYS.items():
+            if group in selected:
+                metrics.update({k: cost[k] for k in keys if k in cost})
+
+    needs_sampling = {"fid", "kid", "throughput"} & set(selected) or cfg.grid_samples > 0
+    if needs_sampling and sampler is None:
+        if {"fid", "kid", "throughput"} & set(selected):
+            raise ConfigError("fid, kid and throughput need a checkpoint to sample from: give ckpt_path=PATH")
+        return metrics
+
+    grid = None
+    if {"fid", "kid"} & set(selected):
+        options = feature_options(cfg)
+        if "extractor" not in reference_cache:
+            reference_cache["extractor"] = build_feature_extractor(
+                options.feature_extractor, options.weights_path, device, options.batch_size
+            )
+        extractor = reference_cache["extractor"]
+        if "reference" not in reference_cache:
+            reference_cache["reference"] = reference_features(
+                data_config(cfg, model),
+                extractor,
+                cfg.reference.cache_dir,
+                cfg.reference.split,
+                cfg.reference.num_images,
+                cfg.reference.batch_size,
+            )
+        reference, _, _ = reference_cache["reference"]
+        generated, grid, seconds = generated_features(
+            model,
+            sampler,
+            extractor,
+            cfg.num_samples,
+            cfg.seed,
+            cfg.batch_size,
+            device,
+            guidance,
+            keep_features="kid" in selected,
+            grid_samples=cfg.grid_samples,
+        )
+        metrics.update(
+            quality_metrics(generated, reference, extractor, "fid" in selected, selected.get("kid"), cfg.seed)
+        )
+        metrics["generation_s"] = seconds
+    elif cfg.grid_samples > 0 and world()[0] == 0:
+        batches = generate(model, sampler, range(cfg.grid_samples), cfg.seed, cfg.batch_size, device, guidance)
+        grid = torch.cat([images.cpu() for _, images in batches])
+    if grid is not None and world()[0] == 0:
+        metrics["samples_png"] = str(save_grid(grid, output_dir / f"{prefix}samples.png", scale=2))
+
+    if "throughput" in selected:
+        options = selected.throughput
+        metrics.update(
+            measure_throughput(model, sampler, options.batch_size, device, options.repeats, options.warmup, guidance)
+        )
+    return metrics
+
+
+def run_label(source: str) -> str:
+    """A short name for a model: the run directory of ``<run>/checkpoints/last.ckpt``, else the source."""
+    path = Path(source.removeprefix("checkpoint:"))
+    return path.parents[1].name if path.parent.name == "checkpoints" else path.name
+
+
+def run_spectral(
+    cfg: DictConfig, student: GenerativeModel, teacher: GenerativeModel | None, device: torch.device, output_dir: Path
+) -> dict[str, Any]:
+    """The spectral report of the student (and teacher): JSON and PNG in the run directory."""
+    options = cfg.metrics.spectral
+    if student.diffusion is None:
+        raise ConfigError("spectral needs a checkpoint (its diffusion process): give ckpt_path=PATH")
+    images, labels = spectral_report.held_out_images(data_config(cfg, student), options.num_images, options.split)
+    x0 = torch.cat([student.encode(chunk.to(device)).cpu() for chunk in images.split(options.batch_size)])
+    models = {"student": student} | ({"teacher": teacher} if teacher is not None else {})
+    report = spectral_report.spectral_errors(
+        models,
+        x0,
+        list(options.timesteps),
+        labels if student.class_conditional else None,
+        options.num_bands,
+        options.seed,
+        options.batch_size,
+        device,
+        options.threshold,
+        float(options.clip_x0_range) if options.clip_x0 else None,
+    )
+    report["space"] = "latent" if student.first_stage is not None else "pixel"
+    report["sources"] = {name: model.source for name, model in models.items()}
+    json_path = spectral_report.write_json(report, output_dir / "spectral_report.json")
+    title = f"{run_label(student.source)}" + (f" vs teacher {run_label(teacher.source)}" if teacher else "")
+    title += f": {report['num_images']} held-out images, {report['space']} space"
+    png_path = spectral_report.plot_report(report, output_dir / "spectral_report.png", title)
+    print(spectral_report.log_band_summary(report))
+    return {"spectral_report_json": str(json_path), "spectral_report_png": str(png_path)}
+
+
+def protocol(cfg: DictConfig, model: GenerativeModel, reference_cache: dict[str, Any], device: torch.device) -> dict:
+    """How the numbers were made: implementation and versions, resize, samples, reference, sampler."""
+    sampler = cfg.sampler
+    record: dict[str, Any] = {
+        "implementation": "spectral_diffusion.evaluation (float64 feature statistics; matrix square root "
+        "in float64 on the CPU via symmetric eigendecompositions)",
+        "versions": {
+            "torch": torch.__version__,
+            "torchmetrics": package_version("torchmetrics"),
+            "torch-fidelity": package_version("torch-fidelity"),
+            "spectral_diffusion_commit": git_revision()["commit"],
+        },
+        "weights": model.weights or None,
+        "sampler": str(sampler._target_).rsplit(".", 1)[-1],
+        "steps": int(sampler.steps),
+        "eta": float(sampler.eta) if "eta" in sampler else None,
+        "guidance_scale": float(cfg.guidance.scale) if cfg.get("guidance") is not None else 1.0,
+        "guidance": OmegaConf.to_container(cfg.guidance, resolve=True) if cfg.get("guidance") is not None else None,
+        "seed": int(cfg.seed),
+        "seeding": "sample i: torch.Generator().manual_seed(seed + i) for its initial and sampler noise",
+        "batch_size": int(cfg.batch_size),
+        "world_size": world()[1],
+        "device": str(device),
+    }
+    if "extractor" in reference_cache:
+        extractor = reference_cache["extractor"]
+        reference, path, _ = reference_cache["reference"]
+        record.update(
+            {
+                "feature_extractor": extractor.identity,
+                "metric_key": extractor.metric_key,
+                "resize": extractor.resize,
+                "num_samples": int(cfg.num_samples),
+                "reference": {
+                    "file": str(path),
+                    "split": reference.stats.metadata.get("split"),
+                    "num_images": reference.stats.count,
+                    "data": reference.stats.metadata.get("data", {}).get("_target_"),
+                },
+            }
+        )
+    return record
+
+
+class GeneratedImageFeatures(torch.nn.Module):
+    """The extractor applied to generated images as to real ones: quantised to uint8 first."""
+
+    def __init__(self, extractor: torch.nn.Module) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.identity = extractor.identity
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.extractor(to_uint8(images))
+
+
+def run_guidance_sweep(cfg: DictConfig, device: torch.device, output_dir: Path) -> dict[str, Any]:
+    """``mode=guidance_sweep``: FD, class accuracy and samples/s against ``sweep.cutoffs``.
+
+    Each cut-off is a ``guidance.truncate_after``; the other guidance settings come from ``guidance=``.
+    Class accuracy needs a classifier, so it is reported with ``feature_extractor=fmnist_classifier``.
+    """
+    model, _ = load_model(cfg, device)
+    if not model.class_conditional:
+        raise ConfigError(
+            f"mode=guidance_sweep needs a class-conditional model; {model.source} has no classes "
+            "(train one with experiment=fmnist_cond)"
+        )
+    options = feature_options(cfg)
+    extractor = build_feature_extractor(options.feature_extractor, options.weights_path, device, options.batch_size)
+    reference, path, _ = reference_features(
+        data_config(cfg, model),
+        extractor,
+        cfg.reference.cache_dir,
+        cfg.reference.split,
+        cfg.reference.num_images,
+        cfg.reference.batch_size,
+    )
+    # The offline classifier's logits give the class accuracy; Inception has no Fashion-MNIST classes.
+    fmnist = getattr(extractor, "classifier", None)
+    classifier = fmnist.classifier if fmnist is not None else None
+    if cfg.num_samples > 10_000:
+        log.warning(
+            "mode=guidance_sweep generates num_samples=%d per cut-off; set num_samples=2000 or so for a quicker sweep",
+            cfg.num_samples,
+        )
+    rows = guidance_sweep(
+        model.denoiser,
+        build_sampler(cfg.sampler, model.diffusion),
+        model.shape,
+        model.num_classes,
+        GeneratedImageFeatures(extractor),
+        reference.stats,
+        classifier,
+        cutoffs=list(cfg.sweep.cutoffs),
+        scale=cfg.guidance.scale,
+        after=cfg.guidance.after,
+        batch_cond_uncond=cfg.guidance.get("batch_cond_uncond", False),
+        num_samples=cfg.num_samples,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        device=device,
+        decode=model.decode if model.first_stage is not None else None,
+        output_dir=output_dir,
+    )
+    result = {"ckpt_path": model.source, "reference_stats": str(path), "rows": rows}
+    if world()[0] == 0:
+        (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+        log.info("wrote %s", output_dir / "guidance_sweep.md")
+    return result
 
 
 @task_wrapper
@@ -79,70 +380,43 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    metrics: dict[str, Any] = {}
+    if cfg.mode == "reference":
+        return run_reference(cfg, device)
+    if cfg.mode == "guidance_sweep":
+        return run_guidance_sweep(cfg, device, output_dir)
+    if cfg.mode != "evaluate":
+        raise ConfigError(f"mode={cfg.mode!r} must be evaluate, reference or guidance_sweep")
 
-    checkpoint = None
-    if cfg.get("ckpt_path"):
-        checkpoint = load_checkpoint(cfg.ckpt_path)
-        stored = checkpoint_config(checkpoint)
-        if cfg.get("model") is None and stored is None:
-            raise ConfigError(
-                f"{cfg.ckpt_path} holds no spectral_diffusion config; pass the model it was trained with, model=PRESET"
-            )
-        model_cfg = cfg.model if cfg.get("model") is not None else OmegaConf.create(stored["model"])
-    elif cfg.get("model") is not None:
-        model_cfg = cfg.model
-    else:
-        raise ConfigError("nothing to evaluate: give ckpt_path=PATH, or model=PRESET (see configs/model/)")
+    model, from_checkpoint = load_model(cfg, device)
+    metrics: dict[str, Any] = {
+        "model": type(getattr(model.denoiser, "net", model.denoiser)).__name__,
+        "input_shape": "x".join(map(str, model.shape)),
+    }
+    if model.first_stage is not None:
+        metrics["first_stage"] = model.first_stage.describe()["kind"]
+    if from_checkpoint:
+        metrics |= {"ckpt_path": model.source, "global_step": model.global_step, "weights": model.weights}
+        log.info("using the %s weights of %s", "EMA" if model.weights == "ema" else "raw", model.source)
+    reference_cache: dict[str, Any] = {}
+    metrics |= measure(cfg, model, device, output_dir, "", reference_cache)
 
-    net = build_network(model_cfg).to(device)
-    shape = (net.in_channels, net.image_size, net.image_size)
-    conditional = getattr(net, "num_classes", None) is not None
-    metrics["model"] = model_cfg._target_.rsplit(".", 1)[-1]
-    metrics["input_shape"] = "x".join(map(str, shape))
-    metrics["params_m"] = count_params(net) / 1e6
-    by_op = gmacs_by_op(net, shape, conditional)
-    metrics["gmacs"] = sum(by_op.values())
-    # Part of gmacs spent in attention's QK^T and AV products (often left out of quoted figures).
-    metrics["gmacs_attention_products"] = attention_product_ops(by_op)
-
-    if checkpoint is not None:
-        weights = network_state_dict(checkpoint, use_ema=cfg.use_ema)
-        load_network_weights(net, weights, source=str(cfg.ckpt_path))
-        metrics["ckpt_path"] = str(Path(cfg.ckpt_path).resolve())
-        metrics["global_step"] = int(checkpoint.get("global_step", -1))
-        metrics["weights"] = "ema" if cfg.use_ema and "current_model_state" in checkpoint else "raw"
-        if cfg.num_samples > 0:
-            if stored is None:
-                raise ConfigError(f"{cfg.ckpt_path} holds no diffusion config to sample with; use num_samples=0")
-            diffusion = build_diffusion(OmegaConf.create(stored["diffusion"]))
-            sampler = build_sampler(cfg.sampler, diffusion)
-            labels = torch.arange(cfg.num_samples, device=device) % net.num_classes if conditional else None
-            first_stage = stored_first_stage(checkpoint, stored, device)
-            net.eval()
-            start = time.perf_counter()
-            images = sample(
-                net,
-                sampler,
-                (cfg.num_samples, *shape),
-                torch.Generator().manual_seed(cfg.seed),
-                device,
-                class_labels=labels,
-            )
-            if first_stage is not None:
-                with torch.no_grad():
-                    images = first_stage.decode(images)
-                metrics["first_stage"] = first_stage.describe()["kind"]
-                metrics["first_stage_params_m"] = count_params(first_stage) / 1e6
-            metrics["sampling_s"] = time.perf_counter() - start
-            metrics["sampler"] = f"{type(sampler).__name__}({sampler.num_inference_steps} steps)"
-            metrics["samples_png"] = str(save_grid(images, output_dir / "samples.png", scale=2))
-
+    teacher = build_teacher(cfg.get("teacher"))
+    teacher = teacher_model(teacher).to(device) if teacher is not None else None
+    if teacher is not None:
+        metrics["teacher"] = {"source": teacher.source} | measure(
+            cfg, teacher, device, output_dir, "teacher_", reference_cache
+        )
+        metrics["student_over_teacher"] = student_over_teacher(metrics, metrics["teacher"])
+    if "spectral" in (cfg.get("metrics") or {}):
+        metrics |= run_spectral(cfg, model, teacher, device, output_dir)
+    if from_checkpoint:
+        metrics["protocol"] = protocol(cfg, model, reference_cache, device)
     metrics["device"] = str(device)
     metrics["git_commit"] = git_revision()["commit"]
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    print_table(metrics)
-    log.info("wrote %s", output_dir / "metrics.json")
+    if world()[0] == 0:
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        print_table(metrics)
+        log.info("wrote %s", output_dir / "metrics.json")
     return metrics
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from evaluate import evaluate
 from spectral_diffusion.evaluation import count_gmacs, count_params
+from spectral_diffusion.evaluation.fmnist_classifier import FMNISTClassifier
 from spectral_diffusion.networks import UNet
 from spectral_diffusion.utils.checkpoint import CheckpointMismatchError
 from train import train
@@ -43,7 +44,7 @@ def test_train_then_evaluate_round_trip(train_cfg, tmp_path):
     train(cfg)
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     eval_dir = tmp_path / "eval"
-    metrics = evaluate(compose_config("evaluate", eval_dir, [f"ckpt_path={ckpt}", "num_samples=4", "sampler.steps=3"]))
+    metrics = evaluate(compose_config("evaluate", eval_dir, [f"ckpt_path={ckpt}", "grid_samples=4", "sampler.steps=3"]))
     assert metrics["weights"] == "ema" and metrics["global_step"] == 4
     assert metrics["input_shape"] == "1x32x32"
     assert Image.open(metrics["samples_png"]).size[0] > 32
@@ -52,7 +53,7 @@ def test_train_then_evaluate_round_trip(train_cfg, tmp_path):
     state = torch.load(ckpt, weights_only=True)
     assert any(not torch.equal(state["state_dict"][k], state["current_model_state"][k]) for k in state["state_dict"])
     raw = evaluate(
-        compose_config("evaluate", tmp_path / "raw", [f"ckpt_path={ckpt}", "num_samples=0", "use_ema=false"])
+        compose_config("evaluate", tmp_path / "raw", [f"ckpt_path={ckpt}", "grid_samples=0", "use_ema=false"])
     )
     assert raw["weights"] == "raw"
 
@@ -63,3 +64,117 @@ def test_checkpoint_with_other_preset_names_the_keys(train_cfg, tmp_path):
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     with pytest.raises(CheckpointMismatchError, match="(?s)do not fit the configured model.*shape mismatches"):
         evaluate(compose_config("evaluate", tmp_path / "e", [f"ckpt_path={ckpt}", "model=fmnist_small"]))
+
+
+@pytest.fixture
+def tiny_checkpoint(train_cfg) -> Path:
+    cfg = train_cfg()
+    train(cfg)
+    return Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture
+def tiny_classifier(tmp_path) -> Path:
+    """The Fashion-MNIST classifier's architecture, small and with random weights: a tiny extractor."""
+    torch.manual_seed(0)
+    path = tmp_path / "tiny_classifier.pt"
+    torch.save(FMNISTClassifier(width=4, num_features=8).state_dict(), path)
+    return path
+
+
+def all_metrics(ckpt: Path, classifier: Path, fmnist_root: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        f"ckpt_path={ckpt}",
+        "metrics=[fid,kid,macs,params,throughput,spectral]",
+        "metrics.fid.feature_extractor=fmnist_classifier",
+        f"metrics.fid.weights_path={classifier}",
+        "metrics.kid.subset_size=4",
+        "metrics.kid.num_subsets=3",
+        "metrics.throughput.batch_size=2",
+        "metrics.spectral.num_images=4",
+        "metrics.spectral.timesteps=[900,10]",
+        "metrics.spectral.num_bands=4",
+        "num_samples=6",
+        "batch_size=4",
+        "grid_samples=4",
+        "sampler.steps=2",
+        "data=fashion_mnist",
+        f"data.root={fmnist_root}",
+        "data.download=false",
+        "reference.split=val",
+        f"reference.cache_dir={cache}",
+        *extra,
+    ]
+
+
+def test_every_metric_of_a_tiny_checkpoint(tiny_checkpoint, tiny_classifier, fmnist_root, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    overrides = all_metrics(tiny_checkpoint, tiny_classifier, fmnist_root, cache)
+    metrics = evaluate(compose_config("evaluate", tmp_path / "e1", overrides))
+    written = json.loads((tmp_path / "e1" / "run" / "metrics.json").read_text())
+    expected = {
+        "fd_fmnist", "kd_fmnist_mean", "kd_fmnist_std", "gmacs", "gmacs_per_sample", "gmacs_decoder",
+        "params_m", "first_stage_params_m", "samples_per_s", "weights", "protocol", "samples_png",
+        "spectral_report_json", "spectral_report_png",
+    }  # fmt: skip
+    assert expected <= written.keys() and "fid" not in written  # the offline classifier is never called FID
+    assert written["weights"] == "ema" and written["fd_fmnist"] > 0 and written["samples_per_s"] > 0
+    assert written["gmacs_per_sample"] == pytest.approx(2 * written["gmacs"])  # 2 sampler steps
+    assert written["gmacs_decoder"] == 0.0  # pixel space
+    protocol = written["protocol"]
+    assert protocol["num_samples"] == 6 and protocol["sampler"] == "DDIMSampler" and protocol["steps"] == 2
+    assert protocol["metric_key"] == "fd_fmnist" and protocol["reference"]["num_images"] == 32
+    assert protocol["reference"]["split"] == "val" and protocol["versions"]["torch"] == torch.__version__
+    assert protocol["weights"] == "ema" and protocol["seed"] == 0
+    assert "not comparable with published numbers" in caplog.text
+    report = json.loads(Path(written["spectral_report_json"]).read_text())
+    assert report["timesteps"] == [900, 10] and len(report["models"]["student"]["fft_relative_error"][0]) == 4
+    assert Image.open(written["spectral_report_png"]).size[0] > 800
+    assert metrics["fd_fmnist"] == written["fd_fmnist"]
+
+    # The reference statistics are reused, and the result does not depend on the batch size.
+    stats_files = sorted(cache.glob("*.npz"))
+    stamp = stats_files[0].stat().st_mtime_ns
+    fid_only = [o for o in overrides if not o.startswith(("metrics.kid", "metrics.throughput", "metrics.spectral"))]
+    again = evaluate(
+        compose_config("evaluate", tmp_path / "e2", [*fid_only, "batch_size=6", "metrics=[fid]", "grid_samples=0"])
+    )
+    assert sorted(cache.glob("*.npz")) == stats_files and stats_files[0].stat().st_mtime_ns == stamp
+    assert again["fd_fmnist"] == pytest.approx(metrics["fd_fmnist"], rel=1e-4)
+
+
+def test_teacher_adds_its_numbers_and_the_ratios(tiny_checkpoint, tiny_classifier, fmnist_root, tmp_path):
+    overrides = [
+        o
+        for o in all_metrics(tiny_checkpoint, tiny_classifier, fmnist_root, tmp_path / "cache")
+        if not o.startswith(("metrics.kid", "metrics.throughput", "metrics="))
+    ] + ["metrics=[fid,macs,params,spectral]", "teacher=checkpoint", f"teacher.ckpt_path={tiny_checkpoint}"]
+    metrics = evaluate(compose_config("evaluate", tmp_path / "e", overrides))
+    # The teacher is the same network here: every ratio is 1 and the spectral gap is 0.
+    assert metrics["teacher"]["gmacs"] == pytest.approx(metrics["gmacs"])
+    assert metrics["student_over_teacher"]["gmacs"] == pytest.approx(1.0)
+    assert metrics["student_over_teacher"]["fd_fmnist"] == pytest.approx(1.0, rel=1e-4)
+    report = json.loads(Path(metrics["spectral_report_json"]).read_text())
+    assert max(max(row) for row in report["student_vs_teacher"]["fft_relative_error"]) < 1e-8
+
+
+def test_reference_mode_computes_once_then_reuses(tiny_classifier, fmnist_root, tmp_path):
+    overrides = [
+        "mode=reference",
+        "data=fashion_mnist",
+        f"data.root={fmnist_root}",
+        "data.download=false",
+        "metrics=[fid]",
+        "metrics.fid.feature_extractor=fmnist_classifier",
+        f"metrics.fid.weights_path={tiny_classifier}",
+        f"reference.cache_dir={tmp_path / 'cache'}",
+    ]
+    first = evaluate(compose_config("evaluate", tmp_path / "r1", overrides))
+    second = evaluate(compose_config("evaluate", tmp_path / "r2", overrides))
+    assert first["computed"] and not second["computed"] and first["num_images"] == 64  # the train split
+    assert first["reference_stats"] == second["reference_stats"]
+
+
+def test_sampling_metrics_without_a_checkpoint_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="need a checkpoint to sample from: give ckpt_path=PATH"):
+        evaluate(compose_config("evaluate", tmp_path, ["model=fmnist_small", "metrics=[throughput]"]))

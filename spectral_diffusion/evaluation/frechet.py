@@ -100,6 +100,30 @@ class FeatureStatistics:
         self._count += n
         return self
 
+    def merge(self, other: FeatureStatistics) -> FeatureStatistics:
+        """Add the features summarised by ``other`` (e.g. another rank's), exactly; returns ``self``.
+
+        The same pairwise formula as :meth:`update`, so merging the statistics of disjoint parts
+        equals accumulating all features in one place (up to float64 rounding).
+        """
+        if other.extractor != self.extractor:
+            raise ValueError(f"cannot merge statistics of extractor {other.extractor!r} into {self.extractor!r}")
+        if other.count == 0:
+            return self
+        if self.dim is None:
+            self.dim = other.dim
+        if other.dim != self.dim:
+            raise ValueError(f"cannot merge statistics of dimension {other.dim} into dimension {self.dim}")
+        if self._count == 0:
+            self._count, self._mean, self._m2 = other._count, other._mean.clone(), other._m2.clone()
+            return self
+        total = self._count + other._count
+        delta = other._mean - self._mean
+        self._mean = self._mean + delta * (other._count / total)
+        self._m2 = self._m2 + other._m2 + torch.outer(delta, delta) * (self._count * other._count / total)
+        self._count = total
+        return self
+
     @property
     def mean(self) -> torch.Tensor:
         """Mean feature vector, float64 ``(d,)``."""
