@@ -8,6 +8,19 @@ from torch import nn
 from spectral_diffusion.diffusion.process import GaussianDiffusion
 
 
+def context_kwargs(context: torch.Tensor | None, context_mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Keyword arguments for a network call: the context parts that are set, nothing otherwise.
+
+    Networks (and teachers) that know nothing of context keep being called ``net(x_t, t, labels)``.
+    """
+    kwargs = {}
+    if context is not None:
+        kwargs["context"] = context
+    if context_mask is not None:
+        kwargs["context_mask"] = context_mask
+    return kwargs
+
+
 class DenoisingLoss:
     """Mean squared error between the network's output and the process's training target.
 
@@ -56,7 +69,10 @@ class DenoisingLoss:
         x0: torch.Tensor,
         class_labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The mean loss of a batch; ``context`` and ``context_mask`` go to the network as they are."""
         x_t, t, noise = self.noised_batch(x0, generator)
-        prediction = net(x_t, t, class_labels)
+        prediction = net(x_t, t, class_labels, **context_kwargs(context, context_mask))
         return self.per_sample(prediction, x0, noise, t).mean()

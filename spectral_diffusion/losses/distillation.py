@@ -27,6 +27,7 @@ The paper's ablation, one switch each (configs/loss/):
 from __future__ import annotations
 
 import contextlib
+import inspect
 import weakref
 
 import torch
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spectral_diffusion.diffusion.process import GaussianDiffusion
-from spectral_diffusion.losses.denoising import DenoisingLoss
+from spectral_diffusion.losses.denoising import DenoisingLoss, context_kwargs
 from spectral_diffusion.teachers.base import Teacher
 from spectral_diffusion.teachers.features import FeatureRecorder, decoder_feature_points
 from spectral_diffusion.utils.shared import SharedRef
@@ -159,6 +160,15 @@ class SpectralDistillationLoss(nn.Module):
     def teacher(self) -> Teacher:
         return self._teacher.obj
 
+    def _check_teacher_takes_context(self) -> None:
+        # The teacher must see the student's (dropped) context; one that cannot must not be skipped silently.
+        if "context" not in inspect.signature(self.teacher.predict_as).parameters:
+            raise ValueError(
+                f"the batches carry a context (text embeddings) but the teacher {self.teacher.source or '?'} "
+                "takes none: distil a context network from a teacher conditioned on the same context, "
+                "or train it with loss=denoising"
+            )
+
     def _recorders(self, student: nn.Module) -> tuple[FeatureRecorder, FeatureRecorder]:
         # Hooks are registered once, on the first call, on the network the loss is called with.
         if self._recorded_student is None or self._recorded_student() is not student:
@@ -185,15 +195,23 @@ class SpectralDistillationLoss(nn.Module):
         x0: torch.Tensor,
         class_labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """All terms of the loss: ``loss`` (the total), ``ddpm``, ``spatial`` and ``freq``."""
+        """All terms of the loss: ``loss`` (the total), ``ddpm``, ``spatial`` and ``freq``.
+
+        ``context`` and ``context_mask`` go to student and teacher alike.
+        """
+        cond = context_kwargs(context, context_mask)
+        if cond:
+            self._check_teacher_takes_context()
         x_t, t, noise = self.denoising.noised_batch(x0, generator)
         s_rec, t_rec = self._recorders(net) if self.features else (None, None)
         with s_rec.recording() if s_rec else contextlib.nullcontext([]) as s_feats:
-            prediction = net(x_t, t, class_labels)
+            prediction = net(x_t, t, class_labels, **cond)
         ddpm = self.denoising.per_sample(prediction, x0, noise, t).mean()
         with torch.no_grad(), t_rec.recording() if t_rec else contextlib.nullcontext([]) as t_feats:
-            target = self.teacher.predict_as(self.diffusion.prediction_type, x_t, t, class_labels)
+            target = self.teacher.predict_as(self.diffusion.prediction_type, x_t, t, class_labels, **cond)
 
         pairs = [(target, prediction)]
         for k, adapter in enumerate(self.adapters):
@@ -213,5 +231,7 @@ class SpectralDistillationLoss(nn.Module):
         x0: torch.Tensor,
         class_labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self.terms(net, x0, class_labels, generator)["loss"]
+        return self.terms(net, x0, class_labels, generator, context, context_mask)["loss"]

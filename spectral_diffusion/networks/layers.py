@@ -1,4 +1,4 @@
-"""Building blocks of the UNet: timestep embedding, residual blocks and self-attention.
+"""Building blocks of the UNet: timestep embedding, residual blocks, self- and cross-attention.
 
 Everything here is a plain ``nn.Module`` that knows nothing about diffusion: the timestep is just
 a number that gets embedded.
@@ -78,6 +78,17 @@ class ResBlock(nn.Module):
         return self.conv2(self.dropout(F.silu(h)))
 
 
+def _head_count(channels: int, head_channels: int, num_heads: int | None) -> int:
+    """Heads of an attention layer: ``num_heads`` if given, else ``channels // head_channels``."""
+    if num_heads is not None:
+        if channels % num_heads:
+            raise ValueError(f"attention channels {channels} are not divisible by num_heads={num_heads}")
+        return num_heads
+    if channels % head_channels:
+        raise ValueError(f"attention channels {channels} are not divisible by head_channels={head_channels}")
+    return channels // head_channels
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the spatial positions, through ``scaled_dot_product_attention``.
 
@@ -88,14 +99,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int, head_channels: int = 32, num_heads: int | None = None) -> None:
         super().__init__()
-        if num_heads is not None:
-            if channels % num_heads:
-                raise ValueError(f"attention channels {channels} are not divisible by num_heads={num_heads}")
-            self.num_heads = num_heads
-        else:
-            if channels % head_channels:
-                raise ValueError(f"attention channels {channels} are not divisible by head_channels={head_channels}")
-            self.num_heads = channels // head_channels
+        self.num_heads = _head_count(channels, head_channels, num_heads)
         self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_module(nn.Conv2d(channels, channels, 1))
@@ -106,5 +110,38 @@ class SelfAttention(nn.Module):
         # (N, heads, tokens, head_dim) for SDPA.
         q, k, v = (qkv[:, i].transpose(-1, -2) for i in range(3))
         out = F.scaled_dot_product_attention(q, k, v)
+        out = out.transpose(-1, -2).reshape(n, c, h, w)
+        return x + self.proj(out)
+
+
+class CrossAttention(nn.Module):
+    """Attention from the spatial positions (queries) to a sequence of embeddings (keys, values).
+
+    LDM's SpatialTransformer reduced to its conditioning part: GroupNorm, queries from the image
+    features, keys and values from the context (e.g. a text encoder's token embeddings), and a
+    zero-initialised output projection, so that a network gains the layer as an identity and its
+    unconditional behaviour is where training starts. Heads are sized like :class:`SelfAttention`'s.
+
+    ``context_mask`` ``(N, L)`` is True at the tokens to attend to (the Hugging Face
+    ``attention_mask`` convention); every row must keep at least one token.
+    """
+
+    def __init__(self, channels: int, context_dim: int, head_channels: int = 32, num_heads: int | None = None) -> None:
+        super().__init__()
+        self.num_heads = _head_count(channels, head_channels, num_heads)
+        self.context_dim = context_dim
+        self.norm = group_norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = zero_module(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        heads, head_dim = self.num_heads, c // self.num_heads
+        q = self.q(self.norm(x)).reshape(n, heads, head_dim, h * w).transpose(-1, -2)
+        # (N, L, 2C) -> two (N, heads, L, head_dim)
+        k, v = self.kv(context.to(x.dtype)).reshape(n, -1, 2, heads, head_dim).permute(2, 0, 3, 1, 4)
+        mask = context_mask[:, None, None, :] if context_mask is not None else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.transpose(-1, -2).reshape(n, c, h, w)
         return x + self.proj(out)

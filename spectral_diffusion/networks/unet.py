@@ -14,9 +14,12 @@ Layout, for ``channel_mult=(1, 2, 2)`` and ``num_res_blocks=2``::
 
 Attention is placed at the feature-map *sizes* listed in ``attention_resolutions`` (e.g. 32, 16, 8
 for a 64x64 latent, as the LDM configs put it), so a preset reads the same as the paper's table.
+With ``context_dim`` set, every self-attention (and the middle one) is followed by a
+cross-attention to a sequence of embeddings, e.g. a text encoder's tokens (LDM's text-to-image
+layout, without the feed-forward part).
 
-The network is a plain function ``(x_t, t, class_labels) -> output``; what the output means (eps,
-v or x0) is the diffusion process's business, not the network's.
+The network is a plain function ``(x_t, t, class_labels, context, context_mask) -> output``; what
+the output means (eps, v or x0) is the diffusion process's business, not the network's.
 """
 
 from __future__ import annotations
@@ -27,21 +30,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from spectral_diffusion.networks.layers import ResBlock, SelfAttention, group_norm, timestep_embedding, zero_module
+from spectral_diffusion.networks.layers import (
+    CrossAttention,
+    ResBlock,
+    SelfAttention,
+    group_norm,
+    timestep_embedding,
+    zero_module,
+)
 from spectral_diffusion.networks.resampling import make_downsample, make_upsample
 
 
 class ResAttnBlock(nn.Module):
-    """A residual block, optionally followed by self-attention."""
+    """A residual block, optionally followed by self-attention and then cross-attention."""
 
-    def __init__(self, res: ResBlock, attn: SelfAttention | None) -> None:
+    def __init__(self, res: ResBlock, attn: SelfAttention | None, cross: CrossAttention | None = None) -> None:
         super().__init__()
         self.res = res
         self.attn = attn
+        self.cross = cross
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        emb: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = self.res(x, emb)
-        return self.attn(x) if self.attn is not None else x
+        if self.attn is not None:
+            x = self.attn(x)
+        return self.cross(x, context, context_mask) if self.cross is not None else x
 
 
 class UNetLevel(nn.Module):
@@ -73,6 +92,11 @@ class UNet(nn.Module):
         dropout: dropout inside the residual blocks.
         num_classes: if set, the network is class-conditional. Label ``num_classes`` is the
             "no class" label that classifier-free guidance uses.
+        context_dim: if set, the network takes a sequence of ``context_dim``-wide embeddings
+            (``context``, e.g. CLIP text tokens) through a cross-attention after every
+            self-attention; heads are sized by ``head_channels`` / ``num_heads``. No context, or a
+            row of ``context_mask`` with no token left, means "no condition": a learned null token
+            (``null_context``) stands in, which is what classifier-free guidance needs.
         downsample, upsample: names of the resampling layers (see ``networks/resampling.py``), e.g.
             ``conv`` / ``nearest_conv`` (LDM) or ``wavelet_gated`` (Spectral Diffusion).
         downsample_options, upsample_options: extra arguments of those layers, e.g.
@@ -100,6 +124,7 @@ class UNet(nn.Module):
         upsample_options: dict | None = None,
         scale_shift_norm: bool = True,
         mid_attention: bool = True,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         channel_mult = tuple(channel_mult)
@@ -116,10 +141,16 @@ class UNet(nn.Module):
                 f"attention_resolutions {unused} are not feature-map sizes of this UNet; "
                 f"with image_size={image_size} and {len(channel_mult)} levels they are {sorted(sizes, reverse=True)}"
             )
+        if context_dim is not None and not (attention_resolutions or mid_attention):
+            raise ValueError(
+                f"context_dim={context_dim} adds cross-attention after each self-attention, but this UNet has "
+                "none: set attention_resolutions or mid_attention=true"
+            )
         self.image_size = image_size
         self.in_channels = in_channels
         self.out_channels = out_channels or in_channels
         self.num_classes = num_classes
+        self.context_dim = context_dim
         emb_channels = 4 * base_channels
         self.base_channels = base_channels
 
@@ -128,10 +159,17 @@ class UNet(nn.Module):
         )
         # One extra row: the "null" label used for unconditional predictions under guidance.
         self.class_embed = nn.Embedding(num_classes + 1, emb_channels) if num_classes else None
+        # The "no context" token; unit-norm-ish at the start, like the embeddings it stands in for.
+        self.null_context = nn.Parameter(torch.randn(context_dim) / context_dim**0.5) if context_dim else None
+
+        def cross_attention(channels: int) -> CrossAttention | None:
+            return CrossAttention(channels, context_dim, head_channels, num_heads) if context_dim else None
 
         def block(cin: int, cout: int, size: int) -> ResAttnBlock:
-            attn = SelfAttention(cout, head_channels, num_heads) if size in attention_resolutions else None
-            return ResAttnBlock(ResBlock(cin, cout, emb_channels, dropout, scale_shift_norm), attn)
+            with_attn = size in attention_resolutions
+            attn = SelfAttention(cout, head_channels, num_heads) if with_attn else None
+            cross = cross_attention(cout) if with_attn else None
+            return ResAttnBlock(ResBlock(cin, cout, emb_channels, dropout, scale_shift_norm), attn, cross)
 
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         skip_channels = [base_channels]
@@ -152,6 +190,7 @@ class UNet(nn.Module):
 
         self.mid_block1 = ResBlock(ch, ch, emb_channels, dropout, scale_shift_norm)
         self.mid_attn = SelfAttention(ch, head_channels, num_heads) if mid_attention else None
+        self.mid_cross = cross_attention(ch) if mid_attention else None
         self.mid_block2 = ResBlock(ch, ch, emb_channels, dropout, scale_shift_norm)
 
         self.up_levels = nn.ModuleList()
@@ -179,18 +218,66 @@ class UNet(nn.Module):
             raise ValueError("class_labels were given to a UNet built without num_classes")
         return emb
 
+    def prepare_context(
+        self, context: torch.Tensor | None, context_mask: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Checked ``(context (N, L, D), mask (N, L) or None)``, with the null token for "no condition".
+
+        ``context=None`` gives every sample the one-token null context. A row of ``context_mask``
+        with no token left (dropped for classifier-free guidance) gets the null token in every
+        position, all attended to: attention over L copies of one token equals attention over that
+        token alone, so a dropped row and ``context=None`` give the same prediction.
+        """
+        if self.context_dim is None:
+            if context is not None or context_mask is not None:
+                raise ValueError("context was given to a UNet built without context_dim")
+            return None, None
+        if context is None:
+            if context_mask is not None:
+                raise ValueError("context_mask was given without context")
+            # repeat, not expand: a view of a parameter under no_grad still "requires grad" without a
+            # grad_fn, which trips module hooks such as FlopCounterMode's.
+            return self.null_context.repeat(batch, 1, 1), None
+        if context.ndim != 3 or context.shape[0] != batch or context.shape[2] != self.context_dim:
+            raise ValueError(
+                f"context must have shape (batch={batch}, tokens, context_dim={self.context_dim}), "
+                f"got {tuple(context.shape)}"
+            )
+        if context_mask is None:
+            keep = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+        elif context_mask.shape != context.shape[:2]:
+            raise ValueError(
+                f"context_mask must have shape {tuple(context.shape[:2])} (batch, tokens), got {tuple(context_mask.shape)}"
+            )
+        else:
+            keep = context_mask.bool()
+        empty = ~keep.any(dim=1)
+        # In training the null token joins the graph even when no row is dropped (its gradient is
+        # then zero): DDP without find_unused_parameters requires every parameter in every step.
+        if self.training or empty.any():
+            null = self.null_context.to(context.dtype).expand_as(context)
+            context = torch.where(empty[:, None, None], null, context)
+            keep = keep | empty[:, None]
+        return context, (None if keep.all() else keep)
+
     def forward(
-        self, x: torch.Tensor, timesteps: torch.Tensor, class_labels: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if timesteps.ndim == 0:
             timesteps = timesteps.expand(x.shape[0])
         emb = self.embed(timesteps, class_labels)
+        context, context_mask = self.prepare_context(context, context_mask, x.shape[0])
 
         h = self.conv_in(x)
         skips = [h]
         for level in self.down_levels:
             for blk in level.blocks:
-                h = blk(h, emb)
+                h = blk(h, emb, context, context_mask)
                 skips.append(h)
             if level.resample is not None:
                 h = level.resample(h, emb)
@@ -199,11 +286,13 @@ class UNet(nn.Module):
         h = self.mid_block1(h, emb)
         if self.mid_attn is not None:
             h = self.mid_attn(h)
+        if self.mid_cross is not None:
+            h = self.mid_cross(h, context, context_mask)
         h = self.mid_block2(h, emb)
 
         for level in self.up_levels:
             for blk in level.blocks:
-                h = blk(torch.cat([h, skips.pop()], dim=1), emb)
+                h = blk(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
             if level.resample is not None:
                 h = level.resample(h, emb)
 

@@ -139,3 +139,9 @@ def check_data_fits_model(
     wanted = getattr(net, "num_classes", None)
     if wanted is not None and labels is not None and wanted != labels:
         raise ConfigError(f"model.num_classes={wanted} but the data has {labels} classes")
+    context = getattr(datamodule, "context_dim", None)  # text embeddings (data/text_embeddings.py)
+    if context is not None and getattr(net, "context_dim", None) != context:
+        raise ConfigError(
+            f"the data's text embeddings are {context} wide but model.context_dim={getattr(net, 'context_dim', None)}; "
+            f"set model.context_dim={context}"
+        )
