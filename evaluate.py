@@ -128,18 +128,23 @@ def load_model(cfg: DictConfig, device: torch.device) -> tuple[GenerativeModel, 
     raise ConfigError("nothing to evaluate: give ckpt_path=PATH, or model=PRESET (see configs/model/)")
 
 
-def run_reference(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
-    """``mode=reference``: compute (or find) the reference statistics of ``data=`` and say where they are."""
-    options = feature_options(cfg)
-    extractor = build_feature_extractor(options.feature_extractor, options.weights_path, device, options.batch_size)
-    reference, path, computed = reference_features(
-        data_config(cfg, None),
+def reference_for(cfg: DictConfig, model: GenerativeModel | None, extractor: torch.nn.Module) -> tuple[Any, Path, bool]:
+    """The cached (or newly computed) reference features of the data, as ``reference.*`` configures them."""
+    return reference_features(
+        data_config(cfg, model),
         extractor,
         cfg.reference.cache_dir,
         cfg.reference.split,
         cfg.reference.num_images,
         cfg.reference.batch_size,
     )
+
+
+def run_reference(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """``mode=reference``: compute (or find) the reference statistics of ``data=`` and say where they are."""
+    options = feature_options(cfg)
+    extractor = build_feature_extractor(options.feature_extractor, options.weights_path, device, options.batch_size)
+    reference, path, computed = reference_for(cfg, None, extractor)
     result = {
         "reference_stats": str(path),
         "computed": computed,
@@ -185,14 +190,7 @@ def measure(
             )
         extractor = reference_cache["extractor"]
         if "reference" not in reference_cache:
-            reference_cache["reference"] = reference_features(
-                data_config(cfg, model),
-                extractor,
-                cfg.reference.cache_dir,
-                cfg.reference.split,
-                cfg.reference.num_images,
-                cfg.reference.batch_size,
-            )
+            reference_cache["reference"] = reference_for(cfg, model, extractor)
         reference, _, _ = reference_cache["reference"]
         generated, grid, seconds = generated_features(
             model,
@@ -332,14 +330,7 @@ def run_guidance_sweep(cfg: DictConfig, device: torch.device, output_dir: Path) 
         )
     options = feature_options(cfg)
     extractor = build_feature_extractor(options.feature_extractor, options.weights_path, device, options.batch_size)
-    reference, path, _ = reference_features(
-        data_config(cfg, model),
-        extractor,
-        cfg.reference.cache_dir,
-        cfg.reference.split,
-        cfg.reference.num_images,
-        cfg.reference.batch_size,
-    )
+    reference, path, _ = reference_for(cfg, model, extractor)
     # The offline classifier's logits give the class accuracy; Inception has no Fashion-MNIST classes.
     fmnist = getattr(extractor, "classifier", None)
     classifier = fmnist.classifier if fmnist is not None else None

@@ -278,6 +278,10 @@ def write_figure(budget: str, rows: list[dict[str, Any]], floor: float) -> Path:
     return path
 
 
+#: docs/results.md keeps everything after this line when the tables above it are rewritten.
+HAND_WRITTEN_MARKER = "<!-- Below: sections not written by scripts/reproduce.py (kept when it rewrites the tables) -->"
+
+
 def write_markdown() -> Path:
     """docs/results.md from every docs/results_<budget>.json present."""
     lines = [
@@ -321,7 +325,11 @@ def write_markdown() -> Path:
         if result.get("findings"):
             lines += ["### Findings", "", result["findings"], ""]
     out = ROOT / "docs" / "results.md"
-    out.write_text("\n".join(lines))
+    # Sections written by hand (guidance truncation, inpainting) follow the marker: keep them.
+    kept = ""
+    if out.is_file() and HAND_WRITTEN_MARKER in out.read_text():
+        kept = "\n" + HAND_WRITTEN_MARKER + out.read_text().split(HAND_WRITTEN_MARKER, 1)[1]
+    out.write_text("\n".join(lines) + kept)
     return out
 
 

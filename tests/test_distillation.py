@@ -261,7 +261,7 @@ def test_student_lives_in_the_diffusers_teachers_latent_space(train_cfg, tmp_pat
     from evaluate import evaluate
 
     ckpt_path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    metrics = evaluate(compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={ckpt_path}", "num_samples=2"]))
+    metrics = evaluate(compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={ckpt_path}", "grid_samples=2"]))
     assert metrics["first_stage"] == "diffusers_vq" and metrics["input_shape"] == "3x16x16"
     grid = Image.open(metrics["samples_png"])
     assert grid.mode == "L"  # decoded back to 1-channel images, not 3-channel latents

@@ -35,6 +35,7 @@ from torch import nn
 from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance
 from spectral_diffusion.diffusion.samplers import Sampler, sample
 from spectral_diffusion.evaluation.frechet import FeatureStatistics
+from spectral_diffusion.evaluation.throughput import synchronize
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,6 @@ TABLE_COLUMNS = (
     ("fd_change_pct", "FD change vs full", "{:+.1f}%"),
     ("class_accuracy", "class accuracy", "{:.3f}"),
 )
-
-
-def _synchronize(device: torch.device) -> None:
-    """Wait for queued accelerator work, so the clock measures it (a no-op on the CPU)."""
-    if device.type == "cpu":
-        return
-    accelerator = getattr(torch, "accelerator", None)
-    if accelerator is not None and hasattr(accelerator, "synchronize"):
-        accelerator.synchronize(device)
-    elif device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _module_device(module: Callable, fallback: torch.device) -> torch.device:
@@ -139,10 +129,10 @@ def _evaluate_cutoff(
     classifier_device = _module_device(classifier, device) if classifier is not None else device
     for start in range(0, num_samples, batch_size):
         indices = range(start, min(start + batch_size, num_samples))
-        _synchronize(device)
+        synchronize(device)
         began = time.perf_counter()
         images, labels = _generate_batch(denoiser, sampler, shape, indices, num_classes, seed, guidance, device, decode)
-        _synchronize(device)
+        synchronize(device)
         seconds += time.perf_counter() - began
         with torch.no_grad():
             stats.update(feature_extractor(images))
