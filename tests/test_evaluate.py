@@ -14,6 +14,7 @@ from evaluate import evaluate
 from spectral_diffusion.evaluation import count_gmacs, count_params
 from spectral_diffusion.evaluation.fmnist_classifier import FMNISTClassifier
 from spectral_diffusion.networks import UNet
+from spectral_diffusion.training.build import ConfigError
 from spectral_diffusion.utils.checkpoint import CheckpointMismatchError
 from train import train
 
@@ -178,3 +179,31 @@ def test_reference_mode_computes_once_then_reuses(tiny_classifier, fmnist_root, 
 def test_sampling_metrics_without_a_checkpoint_are_refused(tmp_path):
     with pytest.raises(ValueError, match="need a checkpoint to sample from: give ckpt_path=PATH"):
         evaluate(compose_config("evaluate", tmp_path, ["model=fmnist_small", "metrics=[throughput]"]))
+
+
+def test_guidance_sweep_mode_measures_every_cutoff(train_cfg, tiny_classifier, fmnist_root, tmp_path):
+    cfg = train_cfg("model.num_classes=10", "module.label_dropout=0.5")
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    overrides = [
+        o
+        for o in all_metrics(ckpt, tiny_classifier, fmnist_root, tmp_path / "cache", "mode=guidance_sweep")
+        if not o.startswith(("metrics.kid", "metrics.throughput", "metrics.spectral", "metrics="))
+    ]
+    overrides += ["metrics=[fid]", "sweep.cutoffs=[0.0,0.5,1.0]", "guidance.scale=3", "sampler.steps=4"]
+    result = evaluate(compose_config("evaluate", tmp_path / "sweep", overrides))
+    rows = result["rows"]
+    assert [r["truncate_after"] for r in rows] == [0.0, 0.5, 1.0]
+    # 4 steps: no guided step, 2 guided steps (2 calls each), 4 guided steps.
+    assert [r["network_evaluations"] for r in rows] == [4, 6, 8]
+    assert all(r["num_samples"] == 6 and r["fd"] >= 0 and 0 <= r["class_accuracy"] <= 1 for r in rows)
+    run_dir = tmp_path / "sweep" / "run"
+    assert (run_dir / "guidance_sweep.md").is_file() and (run_dir / "guidance_sweep.png").is_file()
+    assert json.loads((run_dir / "metrics.json").read_text())["rows"] == json.loads(json.dumps(rows))
+
+    # An unconditional checkpoint cannot be guided: the error says what would work.
+    plain = train_cfg(f"paths.output_dir={tmp_path / 'plain'}")
+    train(plain)
+    overrides[0] = f"ckpt_path={Path(plain.paths.output_dir) / 'checkpoints' / 'last.ckpt'}"
+    with pytest.raises(ConfigError, match="needs a class-conditional model"):
+        evaluate(compose_config("evaluate", tmp_path / "sweep2", overrides))
