@@ -35,6 +35,7 @@ from torch import nn
 from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance
 from spectral_diffusion.diffusion.samplers import Sampler, sample
 from spectral_diffusion.evaluation.frechet import FeatureStatistics
+from spectral_diffusion.evaluation.generation import sample_generators, sample_labels
 from spectral_diffusion.evaluation.throughput import synchronize
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,12 @@ def _generate_batch(
     decode: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (decoded, clamped to [-1, 1]) and labels of samples ``indices``, each seeded by its index."""
-    labels = torch.tensor([i % num_classes for i in indices], dtype=torch.long)
-    generators = [torch.Generator().manual_seed(seed + i) for i in indices]
+    labels = sample_labels(indices, num_classes)
     x = sample(
         denoiser,
         sampler,
         (len(indices), *shape),
-        generators,
+        sample_generators(seed, indices),
         device,
         class_labels=labels.to(device),
         guidance=guidance,
