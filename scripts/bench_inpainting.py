@@ -41,7 +41,8 @@ import torch
 from spectral_diffusion.data.fashion_mnist import GrayscaleImageDataset, load_split, locate_fashion_mnist
 from spectral_diffusion.diffusion.constrained import METHODS, NewtonSettings, network_calls_per_step
 from spectral_diffusion.diffusion.samplers import DDIMSampler
-from spectral_diffusion.evaluation.fmnist_classifier import DEFAULT_WEIGHTS, FMNISTFeatureExtractor
+from spectral_diffusion.evaluation.fmnist_classifier import FMNISTFeatureExtractor
+from spectral_diffusion.evaluation.fmnist_weights import resolve_weights
 from spectral_diffusion.evaluation.frechet import FeatureStatistics
 from spectral_diffusion.evaluation.models import load_checkpoint_model
 from spectral_diffusion.inpainting import NAMED_HOLES, decoded_shape, inpaint, known_mask, masked_psnr, named_hole
@@ -127,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: the standard places)")
-    parser.add_argument("--classifier", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument(
+        "--classifier", type=Path, default=None, help="FD extractor weights (default: the cached default weights)"
+    )
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     args.device = torch.device(
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--num-images must be in [2, {len(all_images) // 2}), got {args.num_images}")
     images, reference_images = all_images[: args.num_images], all_images[args.num_images :]
 
-    extractor = FMNISTFeatureExtractor(args.classifier)
+    extractor = FMNISTFeatureExtractor(resolve_weights(args.classifier))
     reference = features(extractor, reference_images)
     floor_fd = features(extractor, images).frechet_distance(reference)
     print(f"FD of {len(images)} real test images vs the other {len(reference_images)}: {floor_fd:.3f}", flush=True)

@@ -1,34 +1,43 @@
 """Encode captions once with a CLIP text encoder: the context of text-conditional training.
 
     # class names as captions ("a photo of a sneaker"), one row per class (online once: downloads CLIP)
-    python scripts/encode_text.py --classes fashion_mnist --out data/fmnist_clip_l14.pt
+    python scripts/encode_text.py classes=fashion_mnist output=data/fmnist_clip_l14.pt
     # one caption per line, line k for class k
-    python scripts/encode_text.py --captions captions.txt --out data/my_clip.pt
+    python scripts/encode_text.py captions=captions.txt output=data/my_clip.pt
     # per-image captions: line i of each file describes image i of that split (the DataModule's order)
-    python scripts/encode_text.py --train-captions train.txt --val-captions val.txt --out data/my_clip.pt
+    python scripts/encode_text.py train_captions=train.txt val_captions=val.txt output=data/my_clip.pt
 
-``--encoder`` takes a hub id (default ``openai/clip-vit-large-patch14``, 768-wide tokens) or a local
-directory with a tokenizer and a model saved by ``save_pretrained``. The output is the table
-``spectral_diffusion/data/text_embeddings.py`` documents; train on it with
-``python train.py experiment=fmnist_text data.embeddings=PATH`` (``model.context_dim`` must be the
-encoder's width, which this script prints). Needs ``pip install -e '.[text]'`` (transformers).
+The config is ``configs/encode_text.yaml``. ``encoder`` takes a hub id (default
+``openai/clip-vit-large-patch14``, 768-wide tokens) or a local directory with a tokenizer and a
+model saved by ``save_pretrained``. The output is the table ``spectral_diffusion/data/text_embeddings.py``
+documents; train on it with ``python train.py experiment=fmnist_text data.embeddings=PATH``
+(``model.context_dim`` must be the encoder's width, which this script prints). Needs
+``pip install -e '.[text]'`` (transformers). A config that cannot work ends with status 2 and one
+message naming the key (``utils/cli.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from pathlib import Path
 
+import hydra
 import torch
+from omegaconf import DictConfig
 
 from spectral_diffusion.data.text_embeddings import TextEmbeddings, encode_captions
+from spectral_diffusion.utils.cli import report_user_errors, run
+from spectral_diffusion.utils.run import register_resolvers, task_wrapper
 
 log = logging.getLogger("encode_text")
+register_resolvers()
 
-DEFAULT_ENCODER = "openai/clip-vit-large-patch14"
-DEFAULT_TEMPLATE = "a photo of a {}"
+SOURCES = ("classes", "captions", "train_captions")
+PADDINGS = ("longest", "max_length")
+
+
+class ConfigError(ValueError):
+    """The config asks for something this script cannot do (the message names the key)."""
 
 
 def class_names(dataset: str) -> tuple[str, ...]:
@@ -38,68 +47,84 @@ def class_names(dataset: str) -> tuple[str, ...]:
     elif dataset == "cifar10":
         from spectral_diffusion.data.cifar10 import CLASS_NAMES
     else:
-        raise ValueError(f"--classes {dataset!r}: choose fashion_mnist or cifar10, or give --captions FILE")
+        raise ConfigError(f"classes={dataset!r}: choose fashion_mnist or cifar10, or give captions=FILE")
     return CLASS_NAMES
 
 
-def read_lines(path: str) -> list[str]:
-    """Non-empty lines of a caption file (stripped); an error names the file if there are none."""
+def read_lines(key: str, path: str) -> list[str]:
+    """Non-empty lines of a caption file (stripped); an error names the key and the file if there are none."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"caption file {file} does not exist")
+        raise ConfigError(f"{key}={path}: the caption file {file} does not exist")
     lines = [line.strip() for line in file.read_text(encoding="utf-8").splitlines()]
     if not all(lines) or not lines:
         empty = [i + 1 for i, line in enumerate(lines) if not line]
-        raise ValueError(f"caption file {file} has empty lines {empty[:5]} (one caption per line, none empty)")
+        raise ConfigError(f"{key}={path} has empty lines {empty[:5]} (one caption per line, none empty)")
     return lines
 
 
-def build_table(args: argparse.Namespace) -> tuple[list[str], str, dict[str, torch.Tensor]]:
-    """``(distinct captions, by, index)`` from the command line's caption source."""
-    if args.classes:
-        names = class_names(args.classes)
-        return [args.template.format(name.lower()) for name in names], "label", {}
-    if args.captions:
-        return read_lines(args.captions), "label", {}
-    train, val = read_lines(args.train_captions), read_lines(args.val_captions)
+def check_config(cfg: DictConfig) -> None:
+    """Exactly one caption source, and options that fit it."""
+    given = [key for key in SOURCES if cfg.get(key)]
+    if len(given) != 1:
+        said = f"{' and '.join(given)} are both set" if given else "none is set"
+        raise ConfigError(
+            f"give exactly one caption source, classes=NAME, captions=FILE or train_captions=FILE: {said}"
+        )
+    if cfg.train_captions and not cfg.val_captions:
+        raise ConfigError("train_captions needs val_captions=FILE (the validation split's captions)")
+    if cfg.val_captions and not cfg.train_captions:
+        raise ConfigError("val_captions goes with train_captions=FILE")
+    if "{}" not in str(cfg.template):
+        raise ConfigError(f"template={cfg.template!r} must contain {{}} where the class name goes")
+    if not cfg.output:
+        raise ConfigError("give the file to write: output=PATH.pt")
+    if cfg.padding not in PADDINGS:
+        raise ConfigError(f"padding={cfg.padding!r} must be one of {', '.join(PADDINGS)}")
+    limit = cfg.max_length
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ConfigError(f"max_length={limit!r} must be a positive integer, or null for the tokenizer's")
+
+
+def build_table(cfg: DictConfig) -> tuple[list[str], str, dict[str, torch.Tensor]]:
+    """``(distinct captions, by, index)`` from the config's caption source."""
+    if cfg.classes:
+        names = class_names(cfg.classes)
+        return [str(cfg.template).format(name.lower()) for name in names], "label", {}
+    if cfg.captions:
+        return read_lines("captions", cfg.captions), "label", {}
+    train, val = read_lines("train_captions", cfg.train_captions), read_lines("val_captions", cfg.val_captions)
     captions = sorted(set(train) | set(val))
     row = {caption: i for i, caption in enumerate(captions)}
     index = {split: torch.tensor([row[c] for c in lines]) for split, lines in (("train", train), ("val", val))}
     return captions, "image", index
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--classes", help="captions from the class names of fashion_mnist or cifar10")
-    source.add_argument("--captions", help="a file of captions, line k for class k")
-    source.add_argument("--train-captions", help="per-image captions of the train split, one per line")
-    parser.add_argument("--val-captions", help="per-image captions of the validation split (with --train-captions)")
-    parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="caption of a class name (with --classes)")
-    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="hub id or local directory of the text encoder")
-    parser.add_argument("--out", required=True, help="the text-embedding file to write (.pt)")
-    parser.add_argument("--padding", default="longest", choices=("longest", "max_length"))
-    parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the tokenizer's)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(argv)
-    if args.train_captions and not args.val_captions:
-        parser.error("--train-captions needs --val-captions")
-    if args.val_captions and not args.train_captions:
-        parser.error("--val-captions goes with --train-captions")
-    if "{}" not in args.template:
-        parser.error(f"--template {args.template!r} must contain {{}} where the class name goes")
-    return args
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device={name!r} is not a torch device (auto, cpu, cuda, ...): {err}") from err
 
 
-def main(argv: list[str] | None = None) -> TextEmbeddings:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_args(argv)
-    captions, by, index = build_table(args)
-    embeddings, mask = encode_captions(
-        captions, args.encoder, device=args.device, padding=args.padding, max_length=args.max_length
-    )
-    table = TextEmbeddings(embeddings, mask, captions, encoder=args.encoder, by=by, index=index)
-    path = table.save(args.out)
+@task_wrapper
+def encode_text(cfg: DictConfig) -> TextEmbeddings:
+    """Encode the configured captions and write the table to ``output``; return the table."""
+    check_config(cfg)
+    device = resolve_device(str(cfg.device))
+    captions, by, index = build_table(cfg)
+    try:
+        embeddings, mask = encode_captions(
+            captions, str(cfg.encoder), device=device, padding=cfg.padding, max_length=cfg.max_length
+        )
+    except ImportError as err:  # transformers is an extra
+        raise ConfigError(str(err)) from err
+    except OSError as err:  # transformers' "cannot find / download this model", in its own words
+        raise ConfigError(f"encoder={cfg.encoder} cannot be loaded: {err}") from err
+    table = TextEmbeddings(embeddings, mask, captions, encoder=str(cfg.encoder), by=by, index=index)
+    path = table.save(cfg.output)
     log.info(
         "wrote %s: %d captions by %s, %d tokens of width %d (set model.context_dim=%d)",
         path,
@@ -112,8 +137,11 @@ def main(argv: list[str] | None = None) -> TextEmbeddings:
     return table
 
 
+@hydra.main(version_base="1.3", config_path="../configs", config_name="encode_text")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    encode_text(cfg)
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except (OSError, ValueError) as err:
-        sys.exit(f"encode_text: {err}")
+    run(main)

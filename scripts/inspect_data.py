@@ -12,7 +12,9 @@ The config is ``configs/inspect_data.yaml`` (the ``data`` group of train.py). It
 - how many of those images cannot be read, i.e. would be skipped with ``data.on_corrupt=skip``
   (or stop the run with ``error``), naming the first few;
 - the decode throughput: images per second through the training DataLoader, with the configured
-  workers, flips and batch size, after one warm-up batch (which starts the workers);
+  workers, flips and batch size, after one warm-up batch (which starts the workers). A training set
+  smaller than ``data.batch_size`` is timed in batches of the whole set, and the output says so
+  (training itself would need a smaller ``data.batch_size``);
 
 and writes a grid of real samples (the preprocessed, unflipped training images of the sample).
 """
@@ -141,6 +143,42 @@ def class_counts(dataset: Dataset, num_classes: int | None) -> list[int] | None:
     return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).tolist()
 
 
+def measure_throughput(datamodule: Any, train_images: int, batches: int) -> dict[str, Any] | None:
+    """Time the training loader, and print the figures (``None`` without training images).
+
+    The training loader drops the last incomplete batch, so on a data set smaller than
+    ``data.batch_size`` it has no batch at all and ``train_dataloader`` refuses to build it. An
+    inspection must still work there: the loader is then timed with one batch of the whole
+    training set, the output says so, and it says what training would need.
+    """
+    configured = datamodule.batch_size
+    if train_images < 1:
+        print("  decode throughput: not measured (no training images)")
+        return None
+    batch = min(configured, train_images)
+    datamodule.batch_size = batch  # restored below; the loader is built with it
+    try:
+        loader = datamodule.train_dataloader()
+    finally:
+        datamodule.batch_size = configured
+    timing = time_loader(loader, batches)
+    del loader  # stops non-persistent workers now
+    what = f"batch {batch}"
+    if batch < configured:
+        what += f", the whole training set: it is smaller than data.batch_size={configured}"
+    print(
+        f"  decode throughput (training loader: {what}, {datamodule.num_workers} workers): "
+        f"{timing['images_per_s']:.1f} images/s over {timing['images']} images; "
+        f"first batch after {timing['first_batch_s']:.2f} s"
+    )
+    if batch < configured:
+        print(
+            f"  note: training with data.batch_size={configured} would stop: the training loader drops the last "
+            f"incomplete batch, which leaves none of {train_images} images; use data.batch_size<={train_images}"
+        )
+    return {**timing, "batch_size": batch, "whole_set": batch < configured}
+
+
 def _fmt(values: list[float]) -> str:
     return "(" + ", ".join(f"{v:+.3f}" for v in values) + ")"
 
@@ -204,17 +242,9 @@ def inspect_data(cfg: DictConfig) -> dict[str, Any]:
         what = "skipped (data.on_corrupt=skip)" if policy == "skip" else "stop training (data.on_corrupt=error)"
         print(f"  {unreadable} unreadable image(s) in the sample would be {what}")
 
-    loader = datamodule.train_dataloader()
     if int(cfg.throughput_batches) < 1:
         raise ValueError(f"throughput_batches={cfg.throughput_batches} must be a positive integer")
-    timing = time_loader(loader, int(cfg.throughput_batches))
-    del loader
-    report["throughput"] = timing
-    print(
-        f"  decode throughput (training loader: batch {datamodule.batch_size}, {datamodule.num_workers} workers): "
-        f"{timing['images_per_s']:.1f} images/s over {timing['images']} images; "
-        f"first batch after {timing['first_batch_s']:.2f} s"
-    )
+    report["throughput"] = measure_throughput(datamodule, len(train_set), int(cfg.throughput_batches))
 
     if grid is not None and len(grid):
         side = shape[-1]

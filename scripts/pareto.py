@@ -1,40 +1,53 @@
 """Collect a sweep's ``metrics.json`` files into a cost-against-quality plot and table.
 
-    python scripts/pareto.py logs/train/multirun/NAME [MORE_DIRS ...] [--metric fid] [--output DIR]
+    python scripts/pareto.py dirs=logs/train/multirun/NAME [metric=fid] [output=DIR]
+    python scripts/pareto.py "dirs=[logs/evaluate/sweep_a,logs/evaluate/sweep_b]" metric=fd_fmnist
 
-Every ``metrics.json`` below the given directories is read: ``train.py`` writes one per run
-(``gmacs``, ``params_m``, the optimised metric and ``metrics``, its final callback metrics such as
-``val/loss``), ``evaluate.py`` one per evaluation (``gmacs``, ``fid`` or ``fd_fmnist``, and its
-teacher's figures under ``teacher``). Each run is labelled by the Hydra overrides that differ
-between the runs (read from ``<run dir>/.hydra/overrides.yaml``).
+The config is ``configs/pareto.yaml``. Every ``metrics.json`` below the directories ``dirs`` (one,
+or a list) is read: ``train.py`` writes one per run (``gmacs``, ``params_m``, the optimised metric
+and ``metrics``, its final callback metrics such as ``val/loss``), ``evaluate.py`` one per
+evaluation (``gmacs``, ``fid`` or ``fd_fmnist``, and its teacher's figures under ``teacher``). Each
+run is labelled by the Hydra overrides that differ between the runs (read from
+``<run dir>/.hydra/overrides.yaml``).
 
-Writes to ``--output`` (default: the first directory):
+Writes to ``output`` (default: the first directory):
 - ``pareto.png``: GMACs against the quality metric, the Pareto front (cheapest for its quality)
   highlighted and joined, teachers (from evaluate's ``teacher``) as stars;
 - ``pareto.md`` and ``pareto.csv``: one row per run, sorted by cost, with a front column.
 
-``--metric`` picks the quality key (default: the first of fid, fd_fmnist, kid_mean, val/loss
-that every run has); lower is better unless ``--maximize``.
+``metric`` picks the quality key (default: the first of fid, fd_fmnist, kid_mean, val/loss
+that every run has); lower is better unless ``maximize=true``. ``cost`` is the cost key
+(``gmacs``). A config or set of runs that cannot work ends with status 2 and one message naming
+the key (``utils/cli.py``). The log goes to ``logs/pareto/<time>/``.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 import yaml
+from omegaconf import DictConfig, ListConfig
+
+from spectral_diffusion.utils.cli import report_user_errors
+from spectral_diffusion.utils.cli import run as run_entry_point  # `run` is this script's word for a training run
+from spectral_diffusion.utils.run import register_resolvers, task_wrapper
 
 log = logging.getLogger("pareto")
+register_resolvers()
 
-#: Quality keys tried in this order when --metric is not given.
+#: Quality keys tried in this order when ``metric`` is not given.
 DEFAULT_METRICS = ("fid", "fd_fmnist", "kid_mean", "val/loss")
+
+
+class ConfigError(ValueError):
+    """The config, or the runs it points at, cannot give a plot (the message names the key)."""
 
 
 @dataclass
@@ -65,19 +78,24 @@ def read_overrides(run_dir: Path) -> list[str]:
 
 
 def load_runs(dirs: list[Path]) -> list[Run]:
-    """Every metrics.json below ``dirs`` (and evaluate's teachers, once per teacher source)."""
+    """Every metrics.json below ``dirs``, each once even where the dirs overlap (and evaluate's
+    teachers, once per teacher source)."""
     runs: list[Run] = []
     teachers: dict[str, Run] = {}
+    seen: set[Path] = set()
     for root in dirs:
         if not root.exists():
-            raise FileNotFoundError(f"{root} does not exist: give a sweep (or run) directory")
+            raise ConfigError(f"dirs: {root} does not exist; give a sweep (or run) directory, or a list of them")
         for path in sorted(root.rglob("metrics.json")):
+            if path.resolve() in seen:
+                continue
+            seen.add(path.resolve())
             try:
                 record = json.loads(path.read_text())
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path} is not valid JSON: {error}") from error
+                raise ConfigError(f"{path} is not valid JSON: {error}") from error
             if not isinstance(record, dict):
-                raise ValueError(f"{path} holds a {type(record).__name__}, not a JSON object of metrics")
+                raise ConfigError(f"{path} holds a {type(record).__name__}, not a JSON object of metrics")
             run_dir = path.parent
             runs.append(Run(path, str(run_dir), flatten(record), read_overrides(run_dir)))
             teacher = record.get("teacher")
@@ -85,7 +103,7 @@ def load_runs(dirs: list[Path]) -> list[Run]:
                 source = str(teacher.get("source", "teacher"))
                 teachers.setdefault(source, Run(path, f"teacher {source}", flatten(teacher), teacher=True))
     if not runs:
-        raise FileNotFoundError(f"no metrics.json below {', '.join(map(str, dirs))}")
+        raise ConfigError(f"dirs: no metrics.json below {', '.join(map(str, dirs))}")
     label_by_overrides(runs)
     return runs + list(teachers.values())
 
@@ -110,14 +128,14 @@ def pick_metric(runs: list[Run], metric: str | None) -> str:
         missing = [str(r.path) for r in students if metric not in r.values]
         if len(missing) == len(students):
             available = sorted(set().union(*(r.values for r in students)))
-            raise KeyError(f"--metric {metric}: no metrics.json has it; available keys: {', '.join(available)}")
+            raise ConfigError(f"metric={metric}: no metrics.json has it; available keys: {', '.join(available)}")
         return metric
     for candidate in DEFAULT_METRICS:
         if all(candidate in r.values for r in students):
             return candidate
     available = sorted(set.intersection(*(set(r.values) for r in students)))
-    raise KeyError(
-        f"none of {', '.join(DEFAULT_METRICS)} is in every metrics.json; pass --metric, one of: {', '.join(available)}"
+    raise ConfigError(
+        f"none of {', '.join(DEFAULT_METRICS)} is in every metrics.json; pass metric=..., one of: {', '.join(available)}"
     )
 
 
@@ -146,7 +164,7 @@ def usable(runs: list[Run], cost: str, metric: str) -> list[Run]:
         else:
             kept.append(run)
     if not kept:
-        raise ValueError(f"no run has both a finite {cost} and {metric}")
+        raise ConfigError(f"no run has both a finite {cost} and {metric} (cost={cost}, metric={metric})")
     return kept
 
 
@@ -225,28 +243,49 @@ def plot(runs: list[Run], front: list[bool], cost: str, metric: str, maximize: b
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dirs", type=Path, nargs="+", help="sweep or run directories holding metrics.json files")
-    parser.add_argument("--metric", default=None, help=f"quality key (default: first of {', '.join(DEFAULT_METRICS)})")
-    parser.add_argument("--cost", default="gmacs", help="cost key (default: gmacs)")
-    parser.add_argument("--maximize", action="store_true", help="higher metric is better")
-    parser.add_argument("--output", type=Path, default=None, help="where pareto.{png,md,csv} go (default: first dir)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+def directories(value: Any) -> list[Path]:
+    """``dirs`` as a list of paths: one directory, or a list of them."""
+    if isinstance(value, (list, ListConfig)):
+        dirs = [Path(str(v)).expanduser() for v in value]
+    elif value is not None and str(value):
+        dirs = [Path(str(value)).expanduser()]
+    else:
+        dirs = []
+    if not dirs:
+        raise ConfigError("dirs is not set: give dirs=SWEEP_DIR, or dirs=[DIR1,DIR2], of train.py or evaluate.py runs")
+    return dirs
 
-    runs = load_runs(args.dirs)
-    metric = pick_metric(runs, args.metric)
-    runs = usable(runs, args.cost, metric)
-    front = pareto_front([(r.values[args.cost], r.values[metric]) for r in runs], args.maximize)
-    output = args.output or args.dirs[0]
+
+@task_wrapper
+def make_pareto(cfg: DictConfig) -> dict[str, Any]:
+    """Read the runs, mark the front, write the table and the plot; return what was written."""
+    dirs = directories(cfg.dirs)
+    if not str(cfg.cost):
+        raise ConfigError("cost is empty: give the cost key, e.g. cost=gmacs")
+    runs = load_runs(dirs)
+    metric = pick_metric(runs, cfg.metric)
+    runs = usable(runs, cfg.cost, metric)
+    front = pareto_front([(r.values[cfg.cost], r.values[metric]) for r in runs], cfg.maximize)
+    output = Path(str(cfg.output)).expanduser() if cfg.output is not None else dirs[0]
     output.mkdir(parents=True, exist_ok=True)
-    md, csv_path = write_table(runs, front, args.cost, metric, output)
-    png = plot(runs, front, args.cost, metric, args.maximize, output / "pareto.png")
+    md, csv_path = write_table(runs, front, cfg.cost, metric, output)
+    png = plot(runs, front, cfg.cost, metric, cfg.maximize, output / "pareto.png")
     print(md.read_text(), end="")
     print(f"wrote {png}, {md}, {csv_path}")
-    return 0
+    return {
+        "metric": metric,
+        "png": png,
+        "md": md,
+        "csv": csv_path,
+        "front": [r.label for r, on_front in zip(runs, front, strict=True) if on_front],
+    }
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="pareto")
+@report_user_errors
+def main(cfg: DictConfig) -> None:
+    make_pareto(cfg)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_entry_point(main)

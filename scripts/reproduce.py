@@ -128,7 +128,7 @@ def train_run(budget: str, name: str, role: str, loss: str, extra: list[str]) ->
         f"data.batch_size={spec['batch_size']}",
         f"callbacks.model_checkpoint.every_n_train_steps={every}",
         f"callbacks.sample_grid.every_n_steps={every}",
-        "callbacks.rich_progress_bar=null",
+        "callbacks.progress=null",
         "logger=csv",
         *extra,
     ]
@@ -370,7 +370,7 @@ def main() -> None:
     if not Path(args.classifier).is_file():
         print(f"training the FD feature extractor into {args.classifier}", flush=True)
         subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "train_fid_classifier.py"), "--output", args.classifier],
+            [sys.executable, str(ROOT / "scripts" / "train_fid_classifier.py"), f"output={args.classifier}"],
             cwd=ROOT,
             check=True,
         )

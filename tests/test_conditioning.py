@@ -31,6 +31,7 @@ from spectral_diffusion.training.conditioning import (
 )
 from spectral_diffusion.training.module import DiffusionModule, step_generator
 
+from .conftest import compose_config
 from .test_unet import randomize_zero_inits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -452,9 +453,8 @@ def test_encode_text_script_writes_a_table_for_the_class_names(tiny_clip, tmp_pa
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     out = tmp_path / "fmnist_text.pt"
-    table = script.main(
-        ["--classes", "fashion_mnist", "--encoder", str(tiny_clip), "--out", str(out), "--device", "cpu"]
-    )
+    overrides = ["classes=fashion_mnist", f"encoder={tiny_clip}", f"output={out}", "device=cpu"]
+    table = script.encode_text(compose_config("encode_text", tmp_path, overrides))
     assert table.captions[7] == "a photo of a sneaker" and table.context_dim == 16
     loaded = TextEmbeddings.load(out)
     assert loaded.encoder == str(tiny_clip) and loaded.embeddings.shape[0] == 10
@@ -467,8 +467,12 @@ def test_encode_text_script_writes_a_table_for_the_class_names(tiny_clip, tmp_pa
         context=loaded.embeddings[rows].float(),
         context_mask=loaded.mask[rows],
     ).shape == (2, 1, 16, 16)
-    with pytest.raises(SystemExit):
-        script.parse_args(["--classes", "fashion_mnist", "--out", str(out), "--template", "no slot"])
+    with pytest.raises(script.ConfigError, match="template='no slot' must contain {} where the class name goes"):
+        script.encode_text(compose_config("encode_text", tmp_path, [*overrides, "template='no slot'"]))
+    with pytest.raises(script.ConfigError, match="give exactly one caption source.*classes and captions are both set"):
+        script.encode_text(compose_config("encode_text", tmp_path, [*overrides, "captions=captions.txt"]))
+    with pytest.raises(script.ConfigError, match="train_captions needs val_captions=FILE"):
+        script.encode_text(compose_config("encode_text", tmp_path, ["train_captions=t.txt", f"output={out}"]))
 
 
 def test_text_embeddings_of_another_width_than_the_model_are_named(tmp_path, fmnist_root):

@@ -109,3 +109,21 @@ def test_probe_reads_entries_as_stored_without_flips_or_replacement(colour_folde
     assert sorted(script.sample_indices(10, None, seed=0).tolist()) == list(range(10))
     with pytest.raises(ValueError, match="num_images=0 must be a positive integer"):
         script.sample_indices(10, 0, seed=0)
+
+
+def test_report_on_a_data_set_smaller_than_the_batch(fmnist_root, tmp_path, capsys):
+    """64 training images, data.batch_size=100: training could not make one batch; inspecting still works."""
+    cfg = compose_config(
+        "inspect_data",
+        tmp_path,
+        [f"data.root={fmnist_root}", "data.download=false", "data.batch_size=100", "throughput_batches=2"],
+    )
+    report = load_script().inspect_data(cfg)
+    assert (report["train"], report["val"]) == (64, 32)
+    assert report["train_probe"]["checked"] == 64 and report["train_probe"]["stats"] is not None
+    throughput = report["throughput"]
+    assert throughput["batch_size"] == 64 and throughput["whole_set"] and throughput["images"] == 2 * 64
+    assert throughput["images_per_s"] > 0 and Path(report["grid_path"]).is_file()
+    out = capsys.readouterr().out
+    assert "training loader: batch 64, the whole training set: it is smaller than data.batch_size=100" in out
+    assert "training with data.batch_size=100 would stop" in out and "use data.batch_size<=64" in out

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 FORMAT = "spectral_diffusion.text_embeddings/1"
 HOW_TO_MAKE = (
     "Write one with scripts/encode_text.py (a CLIP text encoder from transformers, online once), e.g.\n"
-    "  python scripts/encode_text.py --classes fashion_mnist --out data/fmnist_clip_l14.pt"
+    "  python scripts/encode_text.py classes=fashion_mnist output=data/fmnist_clip_l14.pt"
 )
 
 
@@ -167,7 +167,7 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
         if dataset.labels is None:
             raise TextEmbeddingsError(
                 f"{type(dataset).__name__} has no labels, so captions by label cannot be matched to its images; "
-                "write per-image captions (scripts/encode_text.py --train-captions/--val-captions)"
+                "write per-image captions (scripts/encode_text.py train_captions=FILE val_captions=FILE)"
             )
         return torch.as_tensor(dataset.labels).long()
     return torch.tensor([int(dataset[i][1]) for i in range(len(dataset))], dtype=torch.long)

@@ -4,7 +4,13 @@ throughput, the spectral report, and feature extractors (Inception, the offline 
 ``evaluate.py`` wires these together; ``docs/evaluation.md`` describes the metrics and the protocol.
 """
 
-from spectral_diffusion.evaluation.classifier_training import accuracy, load_fashion_mnist_images, train_classifier
+from spectral_diffusion.evaluation.classifier_training import (
+    ClassifierRecipe,
+    accuracy,
+    load_fashion_mnist_images,
+    train_and_save,
+    train_classifier,
+)
 from spectral_diffusion.evaluation.cost import (
     attention_product_ops,
     count_gmacs,
@@ -15,11 +21,13 @@ from spectral_diffusion.evaluation.cost import (
 )
 from spectral_diffusion.evaluation.extractors import build_feature_extractor
 from spectral_diffusion.evaluation.fmnist_classifier import DEFAULT_WEIGHTS, FMNISTClassifier, FMNISTFeatureExtractor
+from spectral_diffusion.evaluation.fmnist_weights import default_weights, resolve_weights
 from spectral_diffusion.evaluation.frechet import FeatureStatistics, frechet_distance
 from spectral_diffusion.evaluation.kid import kernel_inception_distance
 from spectral_diffusion.evaluation.models import GenerativeModel, load_checkpoint_model
 
 __all__ = [
+    "ClassifierRecipe",
     "DEFAULT_WEIGHTS",
     "FMNISTClassifier",
     "FMNISTFeatureExtractor",
@@ -31,11 +39,14 @@ __all__ = [
     "count_gmacs",
     "count_params",
     "decoder_gmacs",
+    "default_weights",
     "frechet_distance",
     "gmacs_by_op",
     "kernel_inception_distance",
     "load_checkpoint_model",
     "load_fashion_mnist_images",
     "network_calls_per_sample",
+    "resolve_weights",
+    "train_and_save",
     "train_classifier",
 ]

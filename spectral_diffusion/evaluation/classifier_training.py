@@ -1,8 +1,10 @@
 """Deterministic training of the Fashion-MNIST feature classifier (:class:`FMNISTClassifier`).
 
-Shared by ``scripts/train_fid_classifier.py`` and the tests. The feature space defines every
-Fréchet distance measured with it, so the weights must be reproducible: the same seed, data,
-thread count and machine type give bitwise the same weights. To that end
+Shared by ``scripts/train_fid_classifier.py``, the first-use training of the default weights
+(``fmnist_weights.py``) and the tests. The feature space defines every Fréchet distance measured
+with it, so the weights must be reproducible: the same recipe (:class:`ClassifierRecipe`: seed,
+epochs, batch, learning rate, thread count), data, torch version and machine type give bitwise the
+same weights. To that end
 
 - the model is initialised, and dropout drawn, from a private RNG stream seeded by ``seed``
   (the caller's global RNG state is left untouched);
@@ -10,14 +12,21 @@ thread count and machine type give bitwise the same weights. To that end
 - ``torch.use_deterministic_algorithms(True)`` is on during training (restored afterwards).
 
 CPU results can still differ between thread counts (reductions are split differently), which is
-why the script fixes and records the thread count.
+why :func:`train_and_save` fixes the thread count for the training and records it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
 import logging
+import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +34,38 @@ from torch.utils.data import DataLoader
 
 from spectral_diffusion.data.fashion_mnist import GrayscaleImageDataset, load_split
 from spectral_diffusion.evaluation.fmnist_classifier import IMAGE_SHAPE, FMNISTClassifier
+from spectral_diffusion.utils.checkpoint import write_bytes_atomically
+from spectral_diffusion.utils.run import git_revision
 
 log = logging.getLogger(__name__)
+
+#: The test accuracy below which the features are not fit to measure with (the recipe's default
+#: reaches about 92% on the real data).
+MIN_TEST_ACCURACY = 0.90
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierRecipe:
+    """Everything besides the data and the machine that fixes the classifier's weights bitwise.
+
+    The defaults make the framework's default weights: ``scripts/train_fid_classifier.py`` with
+    no overrides and the first-use training of ``fmnist_weights.py`` give the same file.
+
+    Args:
+        epochs: passes over the 60k training images.
+        seed: initialisation, dropout, shuffling and flips.
+        batch_size: images per step (the last incomplete batch of an epoch is dropped).
+        lr: peak learning rate of the one-cycle schedule.
+        threads: CPU threads during training; the weights depend on it, so it is fixed, not inherited.
+        device: where to train; bitwise reproducibility holds on ``cpu``.
+    """
+
+    epochs: int = 4
+    seed: int = 0
+    batch_size: int = 128
+    lr: float = 3e-3
+    threads: int = 2
+    device: str = "cpu"
 
 
 def load_fashion_mnist_images(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +116,10 @@ def train_classifier(
         # Fork the CPU stream, and the CUDA ones when training there, since manual_seed reseeds both.
         with torch.random.fork_rng(devices=[] if torch.device(device).type == "cpu" else None):
             torch.manual_seed(seed)
-            model = FMNISTClassifier(width=width, num_features=num_features).to(device)
+            # Channels-last: oneDNN's fast convolution and pooling kernels, ~1.8x faster training on a CPU.
+            model = FMNISTClassifier(width=width, num_features=num_features).to(
+                device, memory_format=torch.channels_last
+            )
             _fit(model, images, labels, epochs, steps_per_epoch, batch_size, lr, weight_decay, seed, device)
     finally:
         torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
@@ -109,7 +151,7 @@ def _fit(
             index = order[step * batch_size : (step + 1) * batch_size]
             x, y = images[index], labels[index]
             flip = torch.rand(len(x), generator=generator) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x).to(device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x).to(device, memory_format=torch.channels_last)
             y = y.to(device)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -139,3 +181,69 @@ def accuracy(model: FMNISTClassifier, images: torch.Tensor, labels: torch.Tensor
         for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True)
     )
     return correct / len(images)
+
+
+def train_and_save(folder: Path, output: Path, recipe: ClassifierRecipe = ClassifierRecipe()) -> dict[str, Any]:
+    """Train on the Fashion-MNIST IDX files in ``folder``, test, and write the weights and their record.
+
+    Writes, each atomically (:func:`write_bytes_atomically`):
+
+    - ``output`` (``.pt``): a plain state dict, read by ``FMNISTFeatureExtractor`` with
+      ``torch.load(weights_only=True)``;
+    - ``output`` with ``.json``: test accuracy, the recipe, wall time, thread count, torch version,
+      weights hash, git revision. It is written first: the weights' rename is what makes the pair
+      visible to a reader that checks for the weights.
+
+    Returns the record. The caller's thread count is restored afterwards.
+    """
+    output = Path(output)
+    if output.suffix != ".pt":
+        raise ValueError(f"{output}: the weights file must end in .pt (its record goes beside it as .json)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        train_images, train_labels = load_fashion_mnist_images(folder, "train")
+        test_images, test_labels = load_fashion_mnist_images(folder, "test")
+        start = time.perf_counter()
+        model = train_classifier(
+            train_images,
+            train_labels,
+            epochs=recipe.epochs,
+            seed=recipe.seed,
+            batch_size=recipe.batch_size,
+            lr=recipe.lr,
+            device=recipe.device,
+        )
+        train_s = time.perf_counter() - start
+        test_accuracy = accuracy(model, test_images, test_labels)
+    finally:
+        torch.set_num_threads(threads)
+    log.info("test accuracy %.4f after %d epochs, %.0f s of training", test_accuracy, recipe.epochs, train_s)
+
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    weights = buffer.getvalue()
+    record = {
+        "test_accuracy": test_accuracy,
+        "test_images": len(test_images),
+        "train_images": len(train_images),
+        "epochs": recipe.epochs,
+        "seed": recipe.seed,
+        "batch_size": recipe.batch_size,
+        "lr": recipe.lr,
+        "num_features": model.num_features,
+        "train_time_s": round(train_s, 1),
+        "threads": recipe.threads,
+        "device": str(recipe.device),
+        "deterministic_algorithms": True,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "machine": platform.machine(),
+        "data_folder": str(folder),
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "git": git_revision(),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_bytes_atomically(output.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
+    write_bytes_atomically(output, weights)
+    return record

@@ -58,7 +58,10 @@ def _macs_by_op(forward: Callable[[], Any]) -> dict[str, float]:
     attention = _CountAttentionProducts()
     with FlopCounterMode(display=False) as counter, attention:
         forward()
-    by_op = {str(op).removeprefix("aten."): flops / 2 / 1e9 for op, flops in counter.get_flop_counts().get("Global", {}).items()}
+    by_op = {
+        str(op).removeprefix("aten."): flops / 2 / 1e9
+        for op, flops in counter.get_flop_counts().get("Global", {}).items()
+    }
     if attention.macs:
         by_op[ATTENTION_KEY] = attention.macs / 1e9
     return by_op

@@ -13,7 +13,8 @@ It also carries
 Extractors:
 
 - ``inception``: InceptionV3 (torch-fidelity TF-ported weights), 2048-d (:mod:`.inception`).
-- ``fmnist_classifier``: the offline Fashion-MNIST classifier, 128-d (:mod:`.fmnist_classifier`).
+- ``fmnist_classifier``: the offline Fashion-MNIST classifier, 128-d (:mod:`.fmnist_classifier`);
+  without ``weights_path``, its default weights, trained once on first use (:mod:`.fmnist_weights`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spectral_diffusion.evaluation.fmnist_classifier import DEFAULT_WEIGHTS, IMAGE_SHAPE, FMNISTFeatureExtractor
+from spectral_diffusion.evaluation.fmnist_classifier import IMAGE_SHAPE, FMNISTFeatureExtractor
+from spectral_diffusion.evaluation.fmnist_weights import resolve_weights
 from spectral_diffusion.evaluation.inception import InceptionFeatureExtractor
 
 
@@ -34,6 +36,9 @@ class FMNISTClassifierExtractor(nn.Module):
     The uint8 values are mapped back to [-1, 1] exactly as the data module maps the IDX bytes,
     so real images reach the classifier bit-identical to training. No resize: the classifier takes
     the framework's padded 32x32 format and anything else is refused.
+
+    ``weights_path=None`` means the default weights, trained and cached on first use
+    (:func:`~.fmnist_weights.default_weights`); a given path must exist.
     """
 
     name = "fmnist_classifier"
@@ -42,7 +47,7 @@ class FMNISTClassifierExtractor(nn.Module):
 
     def __init__(self, weights_path: str | Path | None = None, batch_size: int = 1024) -> None:
         super().__init__()
-        self.classifier = FMNISTFeatureExtractor(weights_path or DEFAULT_WEIGHTS, batch_size=batch_size)
+        self.classifier = FMNISTFeatureExtractor(resolve_weights(weights_path), batch_size=batch_size)
         self.num_features = self.classifier.num_features
 
     @property

@@ -2,18 +2,18 @@
 
 InceptionV3 weights must be downloaded, which offline clusters and CI cannot do, and Inception
 features of 28x28 grey clothes are a poor measure anyway. Instead a small CNN classifier is
-trained on the Fashion-MNIST train split (``python scripts/train_fid_classifier.py``, a few
-minutes on a CPU) and its penultimate layer serves as the feature space, as in the "FID with a
-LeNet" practice for MNIST-like data.
+trained on the Fashion-MNIST train split (deterministically, once, in about 3 minutes on a
+2-core CPU: ``classifier_training.py``) and its penultimate layer serves as the feature space,
+as in the "FID with a LeNet" practice for MNIST-like data.
 
 Inputs are the framework's Fashion-MNIST format (``spectral_diffusion/data/fashion_mnist.py``):
 float images ``(N, 1, 32, 32)`` in [-1, 1], the 28x28 pictures padded with the background -1.
 
-Weights are looked for at :data:`DEFAULT_WEIGHTS`, a path **relative to the current working
-directory** (run from the repository root, as for ``train.py``), or wherever ``weights_path``
-says. Typical use::
+This module loads given weights. Where the default weights come from (a repository-local copy
+at :data:`DEFAULT_WEIGHTS`, else the per-user cache, trained there on first use) is
+``fmnist_weights.py``. Typical use::
 
-    extractor = FMNISTFeatureExtractor().to(device)
+    extractor = FMNISTFeatureExtractor(resolve_weights(None)).to(device)
     stats = FeatureStatistics(extractor=extractor.identity, metadata={"split": "test"})
     for images, _ in loader:
         stats.update(extractor(images.to(device)))
@@ -27,11 +27,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from spectral_diffusion.utils.cache import user_cache_dir
 from spectral_diffusion.utils.checkpoint import load_checkpoint, load_network_weights
 
-#: Where ``scripts/train_fid_classifier.py`` writes the weights and the extractor looks for them,
-#: relative to the current working directory (normally the repository root).
+#: A repository-local copy of the default weights, relative to the current working directory
+#: (normally the repository root). Read before the per-user cache when it exists: it is where
+#: ``scripts/train_fid_classifier.py`` wrote them before there was a cache, and statistics made
+#: with those weights stay valid.
 DEFAULT_WEIGHTS = Path("checkpoints/fmnist_classifier.pt")
+#: File name of the default weights in the per-user cache (``utils/cache.py``).
+CACHED_WEIGHTS_NAME = "fmnist_classifier.pt"
 #: The command that creates the weights, quoted in error messages.
 TRAIN_COMMAND = "python scripts/train_fid_classifier.py"
 #: Input size the classifier is built for: Fashion-MNIST padded as the framework's data module does.
@@ -102,22 +107,25 @@ class FMNISTFeatureExtractor(nn.Module):
     a parent module, does not switch batch norm or dropout back on) and has no trainable parameters.
 
     Args:
-        weights_path: a state dict saved by ``scripts/train_fid_classifier.py``
-            (default :data:`DEFAULT_WEIGHTS`, relative to the current working directory).
+        weights_path: a state dict saved by ``scripts/train_fid_classifier.py`` (or trained on
+            first use: ``fmnist_weights.resolve_weights(None)`` gives the default weights).
         batch_size: images per forward pass; larger inputs are processed in chunks of this size.
     """
 
     #: Recorded with feature statistics (together with :attr:`weights_sha256`).
     name = "fmnist_classifier"
 
-    def __init__(self, weights_path: str | Path = DEFAULT_WEIGHTS, batch_size: int = 1024) -> None:
+    def __init__(self, weights_path: str | Path, batch_size: int = 1024) -> None:
         super().__init__()
         path = Path(weights_path).expanduser()
         if not path.is_file():
+            # A path that was asked for is never replaced by other weights: they would measure
+            # in another feature space.
             raise FileNotFoundError(
                 f"Fashion-MNIST feature extractor weights {path} (absolute: {path.absolute()}) do not exist. "
-                f"Create them with `{TRAIN_COMMAND}` (run from the repository root; add --output {path} "
-                "for another location), or pass the weights path."
+                f"Create them there with `{TRAIN_COMMAND} output={path.absolute()}`, or leave weights_path unset "
+                "(e.g. metrics.fid.weights_path=null) for the default weights, which are trained once on first "
+                f"use and cached in {user_cache_dir() / CACHED_WEIGHTS_NAME}."
             )
         state = load_checkpoint(path)
         if not isinstance(state, dict) or not {"body.0.0.weight", "head.1.weight"} <= state.keys():

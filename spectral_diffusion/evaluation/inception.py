@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from spectral_diffusion.utils.checkpoint import load_checkpoint
+from spectral_diffusion.utils.errors import UserError
 
 #: The resize every Inception feature in this project goes through (recorded in metrics.json).
 RESIZE = "torch-fidelity tf1 bilinear to 299x299, no antialias (torchmetrics antialias=False)"
@@ -30,7 +31,7 @@ DEFAULT_WEIGHTS_NAME = "weights-inception-2015-12-05-6726825d.pth"
 NUM_FEATURES = 2048
 
 
-class InceptionWeightsUnavailableError(RuntimeError):
+class InceptionWeightsUnavailableError(UserError, RuntimeError):
     """The Inception weights could not be downloaded and no local file was given."""
 
 

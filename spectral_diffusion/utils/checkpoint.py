@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,19 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from spectral_diffusion.utils.errors import UserError
+
 #: Where this framework keeps its own metadata (config, git revision) inside a Lightning checkpoint.
 METADATA_KEY = "spectral_diffusion"
 #: Prefix of the network's parameters in the LightningModule's state_dict.
 NET_PREFIX = "net."
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointLoadError(UserError, RuntimeError):
+    """A checkpoint file that cannot be read safely: corrupt, truncated, or holding pickled objects."""
+
+
+class CheckpointMismatchError(UserError, RuntimeError):
     """A checkpoint's weights do not fit the network that was built (the message says how)."""
 
 
@@ -40,7 +47,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:
-        raise RuntimeError(
+        raise CheckpointLoadError(
             f"cannot load checkpoint {path} with weights_only=True ({type(err).__name__}: {err}). "
             "It is corrupt, truncated, or holds pickled objects that this framework refuses to load."
         ) from err
@@ -127,6 +134,32 @@ def fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it, fsync and rename.
+
+    Readers see the old file or the new one, never a torn one. Unlike :class:`AtomicCheckpointIO`,
+    which only rank 0 calls, this is safe with several concurrent writers of the same path (ranks,
+    nodes on a shared file system): each writes its own uniquely named temporary and never touches
+    another's; the last rename wins.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    # O_EXCL with mode 0o666: a fresh file with the user's umask, like any other file written
+    # (tempfile.mkstemp would make it 0600, unreadable to the others sharing a cache).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_directory(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
