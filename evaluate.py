@@ -42,6 +42,7 @@ from spectral_diffusion.evaluation.models import GenerativeModel, load_checkpoin
 from spectral_diffusion.evaluation.reference import reference_features
 from spectral_diffusion.evaluation.throughput import measure_throughput
 from spectral_diffusion.training.build import ConfigError, build_network, build_sampler, build_teacher
+from spectral_diffusion.utils.cli import report_user_errors, run
 from spectral_diffusion.utils.images import save_grid, to_uint8
 from spectral_diffusion.utils.run import git_revision, register_resolvers, task_wrapper
 
@@ -412,9 +413,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="evaluate")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

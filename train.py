@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from spectral_diffusion.evaluation.cost import count_gmacs, count_params
@@ -31,11 +32,14 @@ from spectral_diffusion.utils.checkpoint import (
     load_checkpoint,
     network_state_dict,
 )
+from spectral_diffusion.utils.cli import report_user_errors, run
 from spectral_diffusion.utils.run import (
+    check_resume_config,
     continue_logger_runs,
     drop_file_log_handlers,
     find_resume_checkpoint,
     register_resolvers,
+    resume_mode,
     stored_logger_ids,
     task_wrapper,
     write_metrics,
@@ -53,9 +57,28 @@ def instantiate_collection(cfg: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in cfg.values() if c is not None and "_target_" in c]
 
 
-def check_checkpoint_fits(module: L.LightningModule, ckpt_path: str) -> None:
-    """Refuse, naming the mismatched keys, a checkpoint whose network differs from the configured one."""
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list[L.Callback]:
+    """The ``callbacks`` group, plus the loggers' run ids in checkpoints.
+
+    Lightning's ``LearningRateMonitor`` refuses to run without a logger (``logger=none``,
+    ``debug=fdr``); with nothing to log to it is left out.
+    """
+    callbacks = instantiate_collection(cfg.get("callbacks"))
+    if not has_logger:
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return [*callbacks, LoggerIds()]
+
+
+def check_checkpoint_fits(module: L.LightningModule, ckpt_path: str, explicit: bool, resume: str | bool) -> None:
+    """Refuse a checkpoint that the configured run cannot continue.
+
+    - A run directory's own checkpoint (``explicit=False``) must have been made with the same
+      settings, unless ``resume=true`` (:func:`check_resume_config` lists what differs).
+    - Any checkpoint's network must fit the configured one: the error names the mismatched keys.
+    """
     checkpoint = load_checkpoint(ckpt_path, map_location="cpu", mmap=True)  # keys and shapes only
+    if not explicit:
+        check_resume_config(checkpoint_config(checkpoint), module.run_config, ckpt_path, resume)
     problem = describe_mismatch(module.net.state_dict(), network_state_dict(checkpoint, use_ema=False))
     if problem:
         stored = (checkpoint_config(checkpoint) or {}).get("model")
@@ -171,7 +194,7 @@ def train(cfg: DictConfig) -> float | None:
     Every process of a DDP run executes this; only rank 0 writes the run record, checkpoints,
     samples, logs and ``metrics.json``, all into the one run directory.
     """
-    if cfg.get("dry_run"):
+    if cfg.get("dry_run"):  # utils/cli.py has told Hydra to write nothing for it
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return None
     configure_tf32(bool(cfg.get("tf32", False)))
@@ -180,10 +203,9 @@ def train(cfg: DictConfig) -> float | None:
     continue_logger_runs(cfg.get("logger"), stored_logger_ids(ckpt_path))
 
     # The trainer first: the batch plan needs its world size (devices x nodes).
+    loggers = instantiate_collection(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        callbacks=[*instantiate_collection(cfg.get("callbacks")), LoggerIds()],
-        logger=instantiate_collection(cfg.get("logger")) or False,
+        cfg.trainer, callbacks=build_callbacks(cfg, has_logger=bool(loggers)), logger=loggers or False
     )
     if not trainer.is_global_zero:
         drop_file_log_handlers()  # one log file, written by rank 0 (console output stays)
@@ -204,17 +226,19 @@ def train(cfg: DictConfig) -> float | None:
         check_data_fits_model(datamodule, module.net, module.first_stage)
         shape = module.sample_shape
         gmacs = count_gmacs(module.net, shape, module.class_conditional)
+        frozen = ", ".join(f"{type(m).__name__} {count_params(m) / 1e6:.3f}M frozen" for m in module.frozen_modules())
         log.info(
-            "model %s: %.3fM parameters, %.4f GMACs per forward pass at %s",
+            "model %s: %.3fM parameters, %.4f GMACs per forward pass at %s%s",
             cfg.model._target_.rsplit(".", 1)[-1],
             count_params(module.net) / 1e6,
             gmacs,
             "x".join(map(str, shape)),
+            f" ({frozen})" if frozen else "",
         )
         if module.first_stage is not None and not ckpt_path:
             prepare_latent_stats(module.first_stage, datamodule, cfg)
     if ckpt_path:
-        check_checkpoint_fits(module, ckpt_path)
+        check_checkpoint_fits(module, ckpt_path, explicit=bool(cfg.get("ckpt_path")), resume=resume_mode(cfg))
 
     if trainer.is_global_zero:
         write_run_record(cfg, cfg.paths.output_dir)
@@ -255,9 +279,10 @@ def train(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
+@report_user_errors
 def main(cfg: DictConfig) -> float | None:
     return train(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from spectral_diffusion.autoencoders import estimate_latent_stats
 from spectral_diffusion.data.latents import write_latent_store
+from spectral_diffusion.utils.cli import report_user_errors, run
 from spectral_diffusion.utils.run import register_resolvers, task_wrapper
 
 log = logging.getLogger("encode_latents")
@@ -107,9 +108,10 @@ def encode_latents(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="encode_latents")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     encode_latents(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -43,6 +43,7 @@ from spectral_diffusion.inpainting import (
     read_hole_image,
 )
 from spectral_diffusion.training.build import ConfigError, build_sampler
+from spectral_diffusion.utils.cli import report_user_errors, run
 from spectral_diffusion.utils.images import make_grid, save_grid
 from spectral_diffusion.utils.run import git_revision, register_resolvers, task_wrapper
 
@@ -189,9 +190,10 @@ def run_inpaint(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="inpaint")
+@report_user_errors
 def main(cfg: DictConfig) -> None:
     run_inpaint(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

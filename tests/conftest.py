@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from spectral_diffusion.utils.run import register_resolvers
 
@@ -49,6 +49,8 @@ def compose_config(config_name: str, tmp_path: Path, overrides: list[str] | None
         cfg.hydra.runtime.output_dir = str(tmp_path / "run")
         cfg.hydra.runtime.cwd = str(tmp_path)
         cfg.hydra.job.num = 0
+        if "paths" in cfg and not any(o.startswith("paths.output_dir=") for o in overrides or []):
+            cfg.paths.output_dir = str(tmp_path / "run")  # the run directory Hydra would have made
     HydraConfig.instance().set_config(cfg)
     return cfg
 
@@ -62,9 +64,32 @@ def train_cfg(tmp_path: Path, fmnist_root: Path):
             "debug=tiny",
             f"data.root={fmnist_root}",
             "data.download=false",
-            "callbacks.rich_progress_bar=null",
+            "callbacks.progress=null",
             "logger=csv",
         ]
         return compose_config("train", tmp_path, base + list(overrides))
 
     return make
+
+
+def compose_in_workdir(config_name: str, workdir: Path, overrides: list[str] | None = None) -> DictConfig:
+    """Compose ``configs/<config_name>.yaml`` as ``python SCRIPT.py OVERRIDES`` started in ``workdir`` would.
+
+    Unlike :func:`compose_config`, the run directory is the one the configs name (``paths.output_dir``,
+    by default ``<workdir>/logs/<task_name>/<run_name>``), so that a later command finds an earlier
+    one's outputs at the relative paths the README gives. Relative paths in ``overrides`` are read
+    from the current directory: chdir into ``workdir`` (``monkeypatch.chdir``) before running.
+    """
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides or [])
+    with open_dict(cfg):
+        cfg.hydra.runtime.cwd = str(workdir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    # What Hydra's run_job does next: resolve hydra.run.dir (paths.output_dir) and make it the job's directory.
+    run_dir = Path(workdir, str(OmegaConf.select(cfg, "hydra.run.dir")))
+    with read_write(cfg.hydra), open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg

@@ -42,10 +42,8 @@ def one_thread():
 TINY_BLOCKS = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=16)
 
 
-@pytest.fixture(scope="module")
-def diffusers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A pipeline-like folder with a tiny AutoencoderKL in vae/ and a tiny VQModel in vqvae/."""
-    root = tmp_path_factory.mktemp("diffusers_ae")
+def save_diffusers_autoencoders(root: Path) -> Path:
+    """A pipeline-like folder with a tiny AutoencoderKL in vae/ and a tiny VQModel in vqvae/ (3-channel, f2)."""
     torch.manual_seed(0)
     AutoencoderKL(
         in_channels=3,
@@ -66,6 +64,11 @@ def diffusers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         **TINY_BLOCKS,
     ).save_pretrained(root / "vqvae")
     return root
+
+
+@pytest.fixture(scope="module")
+def diffusers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_diffusers_autoencoders(tmp_path_factory.mktemp("diffusers_ae"))
 
 
 def images(n: int = 2, channels: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -295,7 +298,7 @@ def test_experiment_trains_and_framework_autoencoder_reproduces_it(train_cfg, fm
         "experiment=fmnist_autoencoder",
         "data.random_flip=false",
         "trainer.max_steps=2",
-        "callbacks.rich_progress_bar=null",
+        "callbacks.progress=null",
         "module.stats_max_samples=1000",
     )
     assert cfg.model._target_.endswith("KLAutoencoder") and cfg.module._target_.endswith("AutoencoderModule")

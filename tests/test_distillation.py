@@ -276,7 +276,7 @@ def test_framework_checkpoint_teacher_round_trip(train_cfg, tmp_path: Path) -> N
     teacher = load_checkpoint_teacher(str(teacher_ckpt))
     assert teacher.input_shape == (1, 32, 32) and teacher.diffusion.describe()["schedule"] == "linear"
     overrides = ["debug=tiny", f"data.root={teacher_cfg.data.root}", "data.download=false", "logger=csv"]
-    overrides += ["callbacks.rich_progress_bar=null", "loss=spectral_distill", "teacher=checkpoint"]
+    overrides += ["callbacks.progress=null", "loss=spectral_distill", "teacher=checkpoint"]
     cfg = compose_config("train", tmp_path / "student", overrides + [f"teacher.ckpt_path={teacher_ckpt}"])
     train(cfg)
     ckpt = load_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")

@@ -19,7 +19,7 @@ def test_monitor_composes_and_logs_during_training(train_cfg, tmp_path, caplog):
     torch.save(FMNISTClassifier(width=4, num_features=8).state_dict(), weights)
     cfg = train_cfg(
         "callbacks=[default,fid_monitor]",
-        "callbacks.rich_progress_bar=null",
+        "callbacks.progress=null",
         "callbacks.fid_monitor.every_n_steps=2",
         "callbacks.fid_monitor.num_samples=6",
         "callbacks.fid_monitor.batch_size=3",

@@ -59,7 +59,7 @@ def test_rerunning_the_same_command_resumes(train_cfg):
     cfg = train_cfg()
     train(cfg)
     before = torch.load(run_dir(cfg) / "checkpoints" / "last.ckpt", weights_only=True)
-    cfg = train_cfg("trainer.max_steps=6")
+    cfg = train_cfg("trainer.max_steps=6", "resume=true")  # a longer run: a changed setting, allowed explicitly
     train(cfg)
     after = torch.load(run_dir(cfg) / "checkpoints" / "last.ckpt", weights_only=True)
     assert after["global_step"] == 6
@@ -73,7 +73,7 @@ def test_rerunning_the_same_command_resumes(train_cfg):
 def test_last_ckpt_is_the_final_step_even_with_other_checkpoint_settings(train_cfg):
     train(train_cfg())  # 4 steps, a checkpoint every 2
     # Resume with another checkpoint interval and a max_steps that is not a multiple of it.
-    cfg = train_cfg("trainer.max_steps=7", "callbacks.model_checkpoint.every_n_train_steps=3")
+    cfg = train_cfg("trainer.max_steps=7", "callbacks.model_checkpoint.every_n_train_steps=3", "resume=true")
     train(cfg)
     checkpoints = run_dir(cfg) / "checkpoints"
     assert torch.load(checkpoints / "last.ckpt", weights_only=True, mmap=True)["global_step"] == 7
@@ -83,7 +83,7 @@ def test_last_ckpt_is_the_final_step_even_with_other_checkpoint_settings(train_c
 def test_resume_with_another_architecture_names_the_keys(train_cfg):
     train(train_cfg())
     with pytest.raises(CheckpointMismatchError, match="shape mismatches.*conv_in.weight") as err:
-        train(train_cfg("model.base_channels=16", "trainer.max_steps=6"))
+        train(train_cfg("model.base_channels=16", "trainer.max_steps=6", "resume=true"))
     assert "'base_channels': 8" in str(err.value)
 
 
@@ -207,3 +207,32 @@ def test_periodic_checkpoints_rotate(train_cfg):
     train(cfg)
     names = sorted(p.name for p in (run_dir(cfg) / "checkpoints").iterdir())
     assert names == ["last.ckpt", "step_0000006.ckpt", "step_0000008.ckpt"]
+
+
+def test_resuming_with_changed_settings_is_refused_naming_the_keys(train_cfg):
+    from spectral_diffusion.utils.run import ResumeConfigError
+
+    train(train_cfg())
+    with pytest.raises(ResumeConfigError) as err:
+        train(train_cfg("trainer.max_steps=6", "module.optimizer.lr=0.002"))
+    message = str(err.value)
+    assert "trainer.max_steps: 4 -> 6" in message and "module.optimizer.lr: 0.001 -> 0.002" in message
+    assert "resume=true" in message and "run_name=" in message
+    # Where it writes, how it logs and shows progress, and the grids may change: it resumes.
+    train(train_cfg("logger=tensorboard", "callbacks.sample_grid.num_samples=2", "data.num_workers=0"))
+    # The EMA is part of the result, although it is a callback.
+    with pytest.raises(ResumeConfigError, match=r"callbacks.ema.decay: 0.995 -> 0.9"):
+        train(train_cfg("callbacks.ema.decay=0.9"))
+
+
+def test_metrics_csv_keeps_the_steps_before_a_resume(train_cfg):
+    import csv
+
+    train(train_cfg())  # steps 0-3, a checkpoint at 2 and 4
+    path = run_dir(train_cfg()) / "csv" / "metrics.csv"
+    first = [row for row in csv.DictReader(path.open()) if row.get("train/loss")]
+    train(train_cfg("trainer.max_steps=6", "resume=true"))
+    rows = [row for row in csv.DictReader(path.open()) if row.get("train/loss")]
+    steps = [int(row["step"]) for row in rows]
+    assert steps == list(range(6))  # Lightning's CSVLogger would have kept only steps 4 and 5
+    assert rows[:4] == first  # the first run's rows, untouched

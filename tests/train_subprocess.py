@@ -40,9 +40,9 @@ def tiny_overrides(fmnist_root: Path, run_dir: Path, *extra: str) -> list[str]:
         "debug=tiny",
         f"data.root={fmnist_root}",
         "data.download=false",
-        "callbacks.rich_progress_bar=null",
+        "callbacks.progress=null",
         "logger=csv",
-        f"hydra.run.dir={run_dir}",
+        f"paths.output_dir={run_dir}",
         f"paths.root_dir={run_dir.parent}",
         *extra,
     ]

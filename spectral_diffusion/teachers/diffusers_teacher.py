@@ -24,6 +24,7 @@ import torch
 
 from spectral_diffusion.diffusion.process import GaussianDiffusion
 from spectral_diffusion.teachers.base import Teacher
+from spectral_diffusion.utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ LAYOUT_HELP = (
 )
 
 
-class TeacherLoadError(RuntimeError):
+class TeacherLoadError(UserError, RuntimeError):
     """A teacher could not be loaded (the message names the path and the expected layout)."""
 
 

@@ -53,7 +53,7 @@ def build_first_stage(autoencoder_cfg: DictConfig | None) -> nn.Module | None:
 
 
 def build_teacher(teacher_cfg: DictConfig | None) -> Teacher | None:
-    """The frozen teacher of a ``teacher/`` config (``None`` for ``teacher=null``)."""
+    """The frozen teacher of a ``teacher/`` config (``None`` for ``teacher=none``)."""
     if teacher_cfg is None or "_target_" not in teacher_cfg:
         return None
     teacher = hydra.utils.instantiate(teacher_cfg)
@@ -87,7 +87,7 @@ def build_module(cfg: DictConfig, net: nn.Module | None = None) -> L.LightningMo
         teacher = build_teacher(teacher_cfg)
         if teacher is None:
             raise ConfigError(
-                f"loss={cfg.loss._target_.rsplit('.', 1)[-1]} distils from a teacher, but teacher=null. Add "
+                f"loss={cfg.loss._target_.rsplit('.', 1)[-1]} distils from a teacher, but there is none (teacher=none). Add "
                 "teacher=checkpoint teacher.ckpt_path=PATH (a run of this framework) or "
                 "teacher=diffusers teacher.path=DIR_OR_HUB_ID, or use loss=denoising"
             )

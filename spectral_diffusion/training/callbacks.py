@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import shutil
 from collections.abc import Iterator
@@ -50,6 +51,24 @@ def find_ema(trainer: L.Trainer) -> EMA | None:
     return next((cb for cb in trainer.callbacks if isinstance(cb, EMA)), None)
 
 
+#: Fewest samples and sampler steps a grid scaled down to a short run keeps.
+MIN_GRID_SAMPLES = 4
+MIN_GRID_STEPS = 10
+
+
+def grid_plan(num_samples: int, sampler_steps: int, budget_forwards: float) -> tuple[int, int]:
+    """``(samples, sampler steps)`` of a grid that costs at most ``budget_forwards`` single-image forwards.
+
+    Samples go first (down to :data:`MIN_GRID_SAMPLES`), then steps (down to :data:`MIN_GRID_STEPS`):
+    a few clean samples say more than many noisy ones.
+    """
+    if num_samples * sampler_steps <= budget_forwards:
+        return num_samples, sampler_steps
+    samples = max(min(num_samples, MIN_GRID_SAMPLES), int(budget_forwards // sampler_steps))
+    steps = max(min(sampler_steps, MIN_GRID_STEPS), min(sampler_steps, int(budget_forwards // samples)))
+    return min(samples, num_samples), steps
+
+
 class SampleGrid(L.Callback):
     """Every ``every_n_steps`` optimizer steps, and at the end of training, sample a PNG grid.
 
@@ -57,6 +76,12 @@ class SampleGrid(L.Callback):
     different steps show the same noise developing) and, for class-conditional models, labels
     ``0, 1, 2, ...`` in turn. Grids go to ``<dirpath>/step_XXXXXXX.png`` and ``final.png``, and to
     loggers that take images (TensorBoard, wandb).
+
+    A short run gets a small grid: all the run's grids together may cost at most
+    ``max_cost_fraction`` of its training compute (a training image is three forwards: forward and
+    backward). Beyond that the grid has fewer samples, then fewer sampler steps, and says so in the
+    log. ``max_cost_fraction=null`` keeps every grid at ``num_samples``; ``callbacks.sample_grid=null``
+    turns grids off.
     """
 
     def __init__(
@@ -66,15 +91,23 @@ class SampleGrid(L.Callback):
         num_samples: int = 64,
         seed: int = 0,
         scale: int = 2,
+        max_cost_fraction: float | None = 0.2,
     ) -> None:
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.seed = seed
         self.scale = scale
+        self.max_cost_fraction = max_cost_fraction
         self._last_written: tuple[int, Path] | None = None
+        self._images_per_step: int | None = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *args: Any
+    ) -> None:
+        if self._images_per_step is None:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self._images_per_step = len(images) * trainer.accumulate_grad_batches * trainer.world_size
         step = trainer.global_step
         if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0:
             self.write(trainer, pl_module, f"step_{step:07d}.png")
@@ -90,16 +123,46 @@ class SampleGrid(L.Callback):
         else:
             self.write(trainer, pl_module, "final.png")
 
+    def _grid_budget(self, trainer: L.Trainer) -> float:
+        """Single-image forwards one grid may cost (``inf`` without a limit or a known run length)."""
+        if (
+            self.max_cost_fraction is None
+            or not self._images_per_step
+            or not trainer.max_steps
+            or trainer.max_steps < 0
+        ):
+            return float("inf")
+        grids = 1 + (trainer.max_steps // self.every_n_steps if self.every_n_steps > 0 else 0)
+        training_forwards = 3 * trainer.max_steps * self._images_per_step
+        return self.max_cost_fraction * training_forwards / grids
+
     @rank_zero_only
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, name: str) -> Path | None:
-        """Sample ``num_samples`` images with the EMA weights and save them as ``name``."""
+        """Sample a grid with the EMA weights and save it as ``name`` (sized as the class doc says)."""
+        sampler = getattr(pl_module, "sampler", None)  # None: a module that reconstructs, not samples
+        full_steps = sampler.num_inference_steps if sampler is not None else 1
+        num_samples, steps = grid_plan(self.num_samples, full_steps, self._grid_budget(trainer))
+        kwargs: dict[str, Any] = {}
+        if (num_samples, steps) != (self.num_samples, full_steps):
+            log.info(
+                "sample grid scaled to this %d-step run: %d samples with %d sampler steps instead of %d with %d "
+                "(callbacks.sample_grid.max_cost_fraction=null keeps the full grid)",
+                trainer.max_steps,
+                num_samples,
+                steps,
+                self.num_samples,
+                full_steps,
+            )
+            if sampler is not None and steps != full_steps:
+                kwargs["sampler"] = copy.deepcopy(sampler)
+                kwargs["sampler"].set_timesteps(steps)
         labels = None
         if getattr(pl_module, "class_conditional", False):
-            labels = torch.arange(self.num_samples) % pl_module.net.num_classes
+            labels = torch.arange(num_samples) % pl_module.net.num_classes
         ema = find_ema(trainer)
         context = ema.averaged_weights(pl_module) if ema is not None else contextlib.nullcontext()
         with context:
-            images = pl_module.generate(self.num_samples, torch.Generator().manual_seed(self.seed), labels)
+            images = pl_module.generate(num_samples, torch.Generator().manual_seed(self.seed), labels, **kwargs)
         path = save_grid(images, self.dirpath / name, scale=self.scale)
         self._last_written = (trainer.global_step, path)
         log.info("wrote sample grid %s", path)
@@ -134,7 +197,16 @@ class LoggerIds(L.Callback):
     """Store the loggers' run ids in every checkpoint, so a resumed or requeued run logs to the same run.
 
     ``train.py`` reads them back (``utils/run.py: stored_logger_ids``) before the loggers are built.
+    Loggers that keep a file of their own (``training/loggers.py: ContinuingCSVLogger``) are told at
+    the start of training where the run continues, so they drop what the resumed steps log again.
     """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if hasattr(logger, "resume_at"):
+                logger.resume_at(trainer.global_step)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         ids = logger_ids(trainer)

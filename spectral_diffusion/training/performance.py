@@ -7,8 +7,10 @@ from collections.abc import Iterator
 
 import torch
 
+from spectral_diffusion.utils.errors import UserError
 
-class TrainingOutOfMemoryError(RuntimeError):
+
+class TrainingOutOfMemoryError(UserError, RuntimeError):
     """Training ran out of (GPU or host) memory; the message suggests a smaller per-device batch."""
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from spectral_diffusion.utils.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -58,15 +60,31 @@ def run_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for p in candidates if p.is_file()]
 
 
+#: ``resume=`` values: continue if the config is the stored one | continue anyway | never continue.
+RESUME_MODES = ("auto", True, False)
+
+
+class ResumeConfigError(UserError, ValueError):
+    """Re-running a run's command with settings that would change the run."""
+
+
+def resume_mode(cfg: DictConfig) -> str | bool:
+    mode = cfg.get("resume", "auto")
+    if mode not in RESUME_MODES:
+        raise ResumeConfigError(f"resume={mode!r}: use auto (the default), true or false")
+    return mode
+
+
 def find_resume_checkpoint(cfg: DictConfig) -> str | None:
     """The checkpoint this run continues from.
 
-    ``ckpt_path=PATH`` wins. Otherwise, with ``resume=true`` (the default), the newest of the run
-    directory's own ``checkpoints/last.ckpt`` and the ``hpc_ckpt_N.ckpt`` that Lightning's SLURM
-    handler writes (by stored step; ``last.ckpt`` on a tie): re-running the same command, or the
-    requeued job, continues the run. With ``resume=false`` a run directory that already holds a
-    checkpoint is refused rather than overwritten.
+    ``ckpt_path=PATH`` wins. Otherwise, unless ``resume=false``, the newest of the run directory's
+    own ``checkpoints/last.ckpt`` and the ``hpc_ckpt_N.ckpt`` that Lightning's SLURM handler writes
+    (by stored step; ``last.ckpt`` on a tie): re-running the same command, or the requeued job,
+    continues the run (:func:`check_resume_config` then compares the settings). With
+    ``resume=false`` a run directory that already holds a checkpoint is refused rather than overwritten.
     """
+    mode = resume_mode(cfg)
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path).expanduser()
         if not path.is_file():
@@ -76,21 +94,107 @@ def find_resume_checkpoint(cfg: DictConfig) -> str | None:
     if not candidates:
         return None
     last = candidates[0]
-    if cfg.get("resume", True):
+    if mode is not False:
         steps = {path: checkpoint_step(path) for path in candidates}
         newest = max(candidates, key=lambda path: steps[path])  # max keeps the first (last.ckpt) on ties
         if steps[newest] < 0:
-            raise RuntimeError(
+            raise FileExistsError(
                 f"no readable checkpoint in {Path(cfg.paths.output_dir)} ({', '.join(map(str, candidates))}); "
                 "pass ckpt_path=... or start a new run_name=..."
             )
-        log.info(
-            "resuming from %s, step %d (set resume=false and a new run_name for a fresh run)", newest, steps[newest]
-        )
+        log.info("resuming from %s, step %d (run_name=NAME starts a new run)", newest, steps[newest])
         return str(newest)
     raise FileExistsError(
         f"{last} exists and resume=false: this would overwrite that run. Use a new run_name=... "
         f"(or paths.output_dir=...), or resume=true to continue it."
+    )
+
+
+#: Config keys that change where a run writes, how it logs or shows progress, or how it reads its
+#: data, but not what it computes: they may differ when a run is resumed. Everything else must match.
+RUN_NEUTRAL_KEYS = (
+    "hydra",
+    "paths",
+    "logger",
+    "task_name",
+    "run_name",
+    "resume",
+    "ckpt_path",
+    "dry_run",
+    "optimized_metric",
+    "latent_stats_samples",  # a resumed run restores its latent statistics from the checkpoint
+    "data.root",
+    "data.download",
+    "data.download_dir",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "trainer.val_check_interval",
+    "trainer.limit_val_batches",
+    "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.num_sanity_val_steps",
+    "callbacks",  # checkpoints, grids, progress, monitors, preemption: everything but the EMA (below)
+)
+
+
+#: Keys below a run-neutral key that still change the result: the EMA's average is what is sampled.
+RESULT_KEYS = ("callbacks.ema",)
+
+
+def _under(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in prefixes)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": leaf}`` of nested mappings; lists are leaves."""
+    if not isinstance(config, dict) or not config:
+        return {prefix: config} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"key: stored -> current"`` for every key that is not run-neutral and differs."""
+
+    def neutral(key: str) -> bool:
+        return _under(key, RUN_NEUTRAL_KEYS) and not _under(key, RESULT_KEYS)
+
+    old, new = flatten(stored), flatten(current)
+    missing = "(not set)"
+    return [
+        f"{key}: {old.get(key, missing)} -> {new.get(key, missing)}"
+        for key in sorted(set(old) | set(new))
+        if not neutral(key) and old.get(key, missing) != new.get(key, missing)
+    ]
+
+
+def check_resume_config(
+    stored: dict[str, Any] | None, current: dict[str, Any], ckpt_path: str | Path, mode: str | bool, limit: int = 12
+) -> None:
+    """Refuse to continue a run under settings that differ from the ones it was made with.
+
+    ``resume=auto`` (the default) refuses and lists the differing keys; ``resume=true`` continues
+    with the new settings and logs them. A checkpoint without a stored config is not compared.
+    """
+    if stored is None:
+        return
+    differences = config_differences(stored, current)
+    if not differences:
+        return
+    shown = "\n  ".join(differences[:limit]) + (
+        f"\n  ... and {len(differences) - limit} more" if len(differences) > limit else ""
+    )
+    if mode is True:
+        log.warning("resume=true: continuing %s with changed settings:\n  %s", ckpt_path, shown)
+        return
+    raise ResumeConfigError(
+        f"{ckpt_path} was made with other settings than this command asks for:\n  {shown}\n"
+        "resume=true continues that run with the new settings; run_name=NAME (or paths.output_dir=DIR) "
+        "starts a new run."
     )
 
 
@@ -155,10 +259,48 @@ def wandb_offline() -> bool:
         return True
 
 
+def job_output_dir(run_dir: str) -> str:
+    """This job's directory: Hydra's, once Hydra has made it; before that ``run_dir``.
+
+    ``hydra.run.dir`` defaults to ``paths.output_dir``, which defaults to this resolver with
+    ``logs/<task_name>/<run_name>``: Hydra resolves its directory from ``run_dir`` and creates it,
+    and from then on everything reads Hydra's. So ``paths.output_dir=X`` and ``hydra.run.dir=X``
+    both move the whole run, ``.hydra/`` and the log included, and in a multirun (``-m``) each job's
+    run directory is Hydra's numbered subdirectory.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        hydra_dir = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None, throw_on_missing=False)
+        if hydra_dir:
+            return str(hydra_dir)
+    return str(run_dir)
+
+
+def launch_dir() -> str:
+    """The directory the command was started from: Hydra's ``runtime.cwd`` where Hydra has set it.
+
+    ``${hydra:runtime.cwd}`` alone cannot be resolved while a multirun's sweeper works out its
+    sweep directory (``hydra.sweep.dir`` is below ``paths.log_dir``), before any job's Hydra config
+    exists; there the working directory is the same place, as jobs never change it (``hydra.job.chdir: false``).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        cwd = OmegaConf.select(HydraConfig.get(), "runtime.cwd", default=None, throw_on_missing=False)
+        if cwd:
+            return str(cwd)
+    return os.getcwd()
+
+
 def register_resolvers() -> None:
     """OmegaConf resolvers used by the configs (idempotent)."""
     if not OmegaConf.has_resolver("wandb_offline"):
         OmegaConf.register_new_resolver("wandb_offline", wandb_offline)
+    if not OmegaConf.has_resolver("job_output_dir"):
+        OmegaConf.register_new_resolver("job_output_dir", job_output_dir)
+    if not OmegaConf.has_resolver("launch_dir"):
+        OmegaConf.register_new_resolver("launch_dir", launch_dir)
 
 
 def multirun_overrides() -> list[str] | None:
