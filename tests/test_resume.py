@@ -288,7 +288,7 @@ def test_wandb_offline_run_is_continued_by_the_resumed_run(train_cfg, monkeypatc
     train(cfg)
     out = Path(cfg.paths.output_dir)
     first = load(out / "checkpoints" / "last.ckpt")["logger_ids"]["WandbLogger"]
-    train(train_cfg("logger=wandb", "callbacks.sample_grid.every_n_steps=0", "trainer.max_steps=6"))
+    train(train_cfg("logger=wandb", "callbacks.sample_grid.every_n_steps=0", "trainer.max_steps=6", "resume=true"))
     assert load(out / "checkpoints" / "last.ckpt")["logger_ids"]["WandbLogger"] == first
     runs = sorted(p.name for p in (out / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(run.endswith(f"-{first}") for run in runs)
