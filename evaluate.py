@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from importlib.metadata import PackageNotFoundError, version
@@ -26,6 +27,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from spectral_diffusion.assembly import ConfigError, build_network, build_sampler, build_teacher, load_run, stored_data
+from spectral_diffusion.bundles import ModelBundle
 from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance
 from spectral_diffusion.evaluation import spectral_report
 from spectral_diffusion.evaluation.distributed import world
@@ -38,10 +41,8 @@ from spectral_diffusion.evaluation.metrics import (
     quality_metrics,
     student_over_teacher,
 )
-from spectral_diffusion.evaluation.models import GenerativeModel, load_checkpoint_model, teacher_model
 from spectral_diffusion.evaluation.reference import reference_features
 from spectral_diffusion.evaluation.throughput import measure_throughput
-from spectral_diffusion.training.build import ConfigError, build_network, build_sampler, build_teacher
 from spectral_diffusion.utils.cli import report_user_errors, run
 from spectral_diffusion.utils.images import save_grid, to_uint8
 from spectral_diffusion.utils.run import git_revision, register_resolvers, task_wrapper
@@ -103,14 +104,15 @@ def feature_options(cfg: DictConfig) -> DictConfig:
     return OmegaConf.create({"feature_extractor": "inception", "weights_path": None, "batch_size": 64})
 
 
-def data_config(cfg: DictConfig, model: GenerativeModel | None) -> DictConfig:
-    """``data=...`` if given, else the data config stored in the checkpoint."""
+def data_source(cfg: DictConfig, model: ModelBundle | None) -> tuple[DictConfig, Any]:
+    """``(data config, DataModule)``: ``data=...`` as composed, else the checkpoint's stored data config,
+    rebuilt from the registry (``assembly/load.py: stored_data``) since the checkpoint is untrusted."""
     if cfg.get("data") is not None:
-        return cfg.data
-    stored = (model.config or {}).get("data") if model is not None else None
-    if not stored:
+        return cfg.data, hydra.utils.instantiate(cfg.data)
+    datamodule = stored_data(model) if model is not None else None
+    if datamodule is None:
         raise ConfigError("no data config: give data=NAME (see configs/data/), e.g. data=fashion_mnist")
-    return OmegaConf.create(stored)
+    return OmegaConf.create(model.config["data"]), datamodule
 
 
 def build_guidance(cfg: DictConfig) -> ClassifierFreeGuidance | None:
@@ -118,26 +120,28 @@ def build_guidance(cfg: DictConfig) -> ClassifierFreeGuidance | None:
     return hydra.utils.instantiate(cfg.guidance) if cfg.get("guidance") is not None else None
 
 
-def load_model(cfg: DictConfig, device: torch.device) -> tuple[GenerativeModel, bool]:
+def load_model(cfg: DictConfig, device: torch.device) -> tuple[ModelBundle, bool]:
     """The model to evaluate and whether it came from a checkpoint."""
     if cfg.get("ckpt_path"):
-        return load_checkpoint_model(cfg.ckpt_path, cfg.use_ema, cfg.get("model")).to(device), True
+        return load_run(cfg.ckpt_path, cfg.use_ema, cfg.get("model")).to(device), True
     if cfg.get("model") is not None:
         net = build_network(cfg.model).to(device).eval()
         shape = (net.in_channels, net.image_size, net.image_size)
-        return GenerativeModel(net, None, None, shape, getattr(net, "num_classes", None)), False
+        return ModelBundle(net, None, None, shape, getattr(net, "num_classes", None)), False
     raise ConfigError("nothing to evaluate: give ckpt_path=PATH, or model=PRESET (see configs/model/)")
 
 
-def reference_for(cfg: DictConfig, model: GenerativeModel | None, extractor: torch.nn.Module) -> tuple[Any, Path, bool]:
+def reference_for(cfg: DictConfig, model: ModelBundle | None, extractor: torch.nn.Module) -> tuple[Any, Path, bool]:
     """The cached (or newly computed) reference features of the data, as ``reference.*`` configures them."""
+    data_cfg, datamodule = data_source(cfg, model)
     return reference_features(
-        data_config(cfg, model),
+        data_cfg,
         extractor,
         cfg.reference.cache_dir,
         cfg.reference.split,
         cfg.reference.num_images,
         cfg.reference.batch_size,
+        datamodule=datamodule,
     )
 
 
@@ -159,7 +163,7 @@ def run_reference(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
 
 def measure(
     cfg: DictConfig,
-    model: GenerativeModel,
+    model: ModelBundle,
     device: torch.device,
     output_dir: Path,
     prefix: str,
@@ -230,13 +234,13 @@ def run_label(source: str) -> str:
 
 
 def run_spectral(
-    cfg: DictConfig, student: GenerativeModel, teacher: GenerativeModel | None, device: torch.device, output_dir: Path
+    cfg: DictConfig, student: ModelBundle, teacher: ModelBundle | None, device: torch.device, output_dir: Path
 ) -> dict[str, Any]:
     """The spectral report of the student (and teacher): JSON and PNG in the run directory."""
     options = cfg.metrics.spectral
     if student.diffusion is None:
         raise ConfigError("spectral needs a checkpoint (its diffusion process): give ckpt_path=PATH")
-    images, labels = spectral_report.held_out_images(data_config(cfg, student), options.num_images, options.split)
+    images, labels = spectral_report.held_out_images(data_source(cfg, student)[1], options.num_images, options.split)
     x0 = torch.cat([student.encode(chunk.to(device)).cpu() for chunk in images.split(options.batch_size)])
     models = {"student": student} | ({"teacher": teacher} if teacher is not None else {})
     report = spectral_report.spectral_errors(
@@ -261,7 +265,7 @@ def run_spectral(
     return {"spectral_report_json": str(json_path), "spectral_report_png": str(png_path)}
 
 
-def protocol(cfg: DictConfig, model: GenerativeModel, reference_cache: dict[str, Any], device: torch.device) -> dict:
+def protocol(cfg: DictConfig, model: ModelBundle, reference_cache: dict[str, Any], device: torch.device) -> dict:
     """How the numbers were made: implementation and versions, resize, samples, reference, sampler."""
     sampler = cfg.sampler
     record: dict[str, Any] = {
@@ -341,7 +345,7 @@ def run_guidance_sweep(cfg: DictConfig, device: torch.device, output_dir: Path) 
             cfg.num_samples,
         )
     rows = guidance_sweep(
-        model.denoiser,
+        model.network,
         build_sampler(cfg.sampler, model.diffusion),
         model.shape,
         model.num_classes,
@@ -359,7 +363,7 @@ def run_guidance_sweep(cfg: DictConfig, device: torch.device, output_dir: Path) 
         decode=model.decode if model.first_stage is not None else None,
         output_dir=output_dir,
     )
-    result = {"ckpt_path": model.source, "reference_stats": str(path), "rows": rows}
+    result = {"ckpt_path": model.source.removeprefix("checkpoint:"), "reference_stats": str(path), "rows": rows}
     if world()[0] == 0:
         (output_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
         log.info("wrote %s", output_dir / "guidance_sweep.md")
@@ -381,19 +385,24 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     model, from_checkpoint = load_model(cfg, device)
     metrics: dict[str, Any] = {
-        "model": type(getattr(model.denoiser, "net", model.denoiser)).__name__,
+        "model": type(getattr(model.network, "net", model.network)).__name__,
         "input_shape": "x".join(map(str, model.shape)),
     }
     if model.first_stage is not None:
         metrics["first_stage"] = model.first_stage.describe()["kind"]
     if from_checkpoint:
-        metrics |= {"ckpt_path": model.source, "global_step": model.global_step, "weights": model.weights}
+        metrics |= {
+            "ckpt_path": model.source.removeprefix("checkpoint:"),
+            "global_step": model.global_step,
+            "weights": model.weights,
+        }
         log.info("using the %s weights of %s", "EMA" if model.weights == "ema" else "raw", model.source)
     reference_cache: dict[str, Any] = {}
     metrics |= measure(cfg, model, device, output_dir, "", reference_cache)
 
     teacher = build_teacher(cfg.get("teacher"))
-    teacher = teacher_model(teacher).to(device) if teacher is not None else None
+    # Sampled through the Teacher itself, which answers in the input's dtype (a bfloat16 teacher too).
+    teacher = dataclasses.replace(teacher.bundle, network=teacher).to(device) if teacher is not None else None
     if teacher is not None:
         metrics["teacher"] = {"source": teacher.source} | measure(
             cfg, teacher, device, output_dir, "teacher_", reference_cache

@@ -1,7 +1,7 @@
 """Train a diffusion model: ``python train.py [experiment=NAME] [key=value ...]``.
 
 With no arguments this is the Fashion-MNIST quickstart (configs/train.yaml). The path from here
-to the loss: ``build_module`` (spectral_diffusion/training/build.py) assembles the
+to the loss: ``build_module`` (spectral_diffusion/training/setup.py) assembles the
 ``DiffusionModule`` (spectral_diffusion/training/module.py), whose ``training_step`` calls the
 configured loss (spectral_diffusion/losses/).
 """
@@ -18,19 +18,19 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from spectral_diffusion.assembly import ConfigError, check_data_fits_model
 from spectral_diffusion.evaluation.cost import count_gmacs, count_params
 from spectral_diffusion.training.batching import BatchPlan, resolve_batch_plan, scaled_lr
-from spectral_diffusion.training.build import ConfigError, build_module, check_data_fits_model
 from spectral_diffusion.training.callbacks import LoggerIds
 from spectral_diffusion.training.module import DiffusionModule
 from spectral_diffusion.training.performance import configure_tf32, explain_out_of_memory
 from spectral_diffusion.training.preemption import slurm_job_id, was_preempted
+from spectral_diffusion.training.setup import build_module
 from spectral_diffusion.utils.checkpoint import (
     CheckpointMismatchError,
-    checkpoint_config,
     describe_mismatch,
-    load_checkpoint,
     network_state_dict,
+    read_checkpoint,
 )
 from spectral_diffusion.utils.cli import report_user_errors, run
 from spectral_diffusion.utils.run import (
@@ -45,6 +45,7 @@ from spectral_diffusion.utils.run import (
     write_metrics,
     write_run_record,
 )
+from spectral_diffusion.utils.stored_config import config_targets
 
 log = logging.getLogger("train")
 register_resolvers()
@@ -76,12 +77,16 @@ def check_checkpoint_fits(module: L.LightningModule, ckpt_path: str, explicit: b
       settings, unless ``resume=true`` (:func:`check_resume_config` lists what differs).
     - Any checkpoint's network must fit the configured one: the error names the mismatched keys.
     """
-    checkpoint = load_checkpoint(ckpt_path, map_location="cpu", mmap=True)  # keys and shapes only
+    # Keys and shapes only (memory-mapped); the stored config is checked like any checkpoint's.
+    # The targets this very command names (a run's own callbacks, say) are the user's, so allowed.
+    checkpoint, stored_config = read_checkpoint(
+        ckpt_path, map_location="cpu", mmap=True, also_allowed=config_targets(module.run_config)
+    )
     if not explicit:
-        check_resume_config(checkpoint_config(checkpoint), module.run_config, ckpt_path, resume)
+        check_resume_config(stored_config, module.run_config, ckpt_path, resume)
     problem = describe_mismatch(module.net.state_dict(), network_state_dict(checkpoint, use_ema=False))
     if problem:
-        stored = (checkpoint_config(checkpoint) or {}).get("model")
+        stored = (stored_config or {}).get("model")
         raise CheckpointMismatchError(
             f"cannot resume from {ckpt_path}: its network does not fit the configured model.{problem}\n"
             f"The checkpoint was trained with model={stored}.\n"

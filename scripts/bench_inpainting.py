@@ -38,13 +38,13 @@ from typing import Any
 
 import torch
 
+from spectral_diffusion.assembly import load_run
 from spectral_diffusion.data.fashion_mnist import GrayscaleImageDataset, load_split, locate_fashion_mnist
 from spectral_diffusion.diffusion.constrained import METHODS, NewtonSettings, network_calls_per_step
 from spectral_diffusion.diffusion.samplers import DDIMSampler
 from spectral_diffusion.evaluation.fmnist_classifier import FMNISTFeatureExtractor
 from spectral_diffusion.evaluation.fmnist_weights import resolve_weights
 from spectral_diffusion.evaluation.frechet import FeatureStatistics
-from spectral_diffusion.evaluation.models import load_checkpoint_model
 from spectral_diffusion.inpainting import NAMED_HOLES, decoded_shape, inpaint, known_mask, masked_psnr, named_hole
 from spectral_diffusion.utils.images import save_grid
 from spectral_diffusion.utils.run import git_revision
@@ -79,7 +79,7 @@ def run_one(args: argparse.Namespace, model, images: torch.Tensor, known: torch.
         generators = [torch.Generator().manual_seed(args.seed + start + i) for i in range(len(batch))]
         begin = time.perf_counter()
         result = inpaint(
-            model.denoiser,
+            model.network,
             sampler,
             batch,
             known.to(args.device),
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.output.mkdir(parents=True, exist_ok=True)
 
-    model = load_checkpoint_model(args.ckpt).to(args.device)
-    model.denoiser.requires_grad_(False)  # dps differentiates with respect to x_t only
+    model = load_run(args.ckpt).to(args.device)
+    model.network.requires_grad_(False)  # dps differentiates with respect to x_t only
     shape = decoded_shape(model.shape, model.first_stage)
     if shape != (1, 32, 32) or model.diffusion is None:
         raise SystemExit(

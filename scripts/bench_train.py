@@ -101,7 +101,7 @@ def build(setting: Setting) -> Any:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from spectral_diffusion.training.build import build_module
+    from spectral_diffusion.training.setup import build_module
     from spectral_diffusion.utils.run import register_resolvers
 
     register_resolvers()

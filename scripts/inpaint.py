@@ -28,8 +28,9 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image
 
+from spectral_diffusion.assembly import ConfigError, build_sampler, load_run
+from spectral_diffusion.bundles import ModelBundle
 from spectral_diffusion.diffusion.constrained import METHODS, NewtonSettings, network_calls_per_step
-from spectral_diffusion.evaluation.models import GenerativeModel, load_checkpoint_model
 from spectral_diffusion.inpainting import (
     NAMED_HOLES,
     decoded_shape,
@@ -42,7 +43,6 @@ from spectral_diffusion.inpainting import (
     named_hole,
     read_hole_image,
 )
-from spectral_diffusion.training.build import ConfigError, build_sampler
 from spectral_diffusion.utils.cli import report_user_errors, run
 from spectral_diffusion.utils.images import make_grid, save_grid
 from spectral_diffusion.utils.run import git_revision, register_resolvers, task_wrapper
@@ -57,12 +57,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(cfg: DictConfig, device: torch.device) -> GenerativeModel:
+def load_model(cfg: DictConfig, device: torch.device) -> ModelBundle:
     """The checkpoint's network (EMA weights unless use_ema=false), process and first stage, frozen."""
-    model = load_checkpoint_model(cfg.ckpt_path, use_ema=cfg.use_ema).to(device)
+    model = load_run(cfg.ckpt_path, use_ema=cfg.use_ema).to(device)
     if model.diffusion is None:
         raise ConfigError(f"{cfg.ckpt_path} holds no diffusion config to sample with; was it written by train.py?")
-    model.denoiser.requires_grad_(False)  # dps differentiates with respect to x_t only
+    model.network.requires_grad_(False)  # dps differentiates with respect to x_t only
     return model
 
 
@@ -131,7 +131,7 @@ def run_inpaint(cfg: DictConfig) -> dict[str, Any]:
     images = image.to(device).expand(n, -1, -1, -1).contiguous()
     start = time.perf_counter()
     result = inpaint(
-        model.denoiser,
+        model.network,
         sampler,
         images,
         known.to(device),
@@ -165,7 +165,7 @@ def run_inpaint(cfg: DictConfig) -> dict[str, Any]:
     }
     steps = sampler.num_inference_steps
     metrics: dict[str, Any] = {
-        "ckpt_path": model.source,
+        "ckpt_path": model.source.removeprefix("checkpoint:"),
         "weights": model.weights,
         "image": str(image_path.resolve()),
         "mask": str(cfg.mask),

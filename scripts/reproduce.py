@@ -42,18 +42,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from spectral_diffusion.assembly import load_run  # noqa: E402
 from spectral_diffusion.data.fashion_mnist import load_split, locate_fashion_mnist  # noqa: E402
-from spectral_diffusion.diffusion.samplers import sample  # noqa: E402
+from spectral_diffusion.diffusion.samplers import DDIMSampler, sample  # noqa: E402
 from spectral_diffusion.evaluation.cost import count_gmacs, count_params  # noqa: E402
 from spectral_diffusion.evaluation.fmnist_classifier import DEFAULT_WEIGHTS, FMNISTFeatureExtractor  # noqa: E402
 from spectral_diffusion.evaluation.frechet import FeatureStatistics  # noqa: E402
-from spectral_diffusion.training.build import build_diffusion, build_network, build_sampler  # noqa: E402
-from spectral_diffusion.utils.checkpoint import (  # noqa: E402
-    checkpoint_config,
-    load_checkpoint,
-    load_network_weights,
-    network_state_dict,
-)
+from spectral_diffusion.utils.checkpoint import load_checkpoint  # noqa: E402
 from spectral_diffusion.utils.images import save_grid  # noqa: E402
 
 #: Model presets, training length and evaluation size of each budget.
@@ -164,22 +159,13 @@ def pad_images(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(images.float().div(127.5).sub(1.0)[:, None], (2, 2, 2, 2), value=-1.0)
 
 
-def load_run(budget: str, name: str) -> tuple[torch.nn.Module, Any, dict[str, Any], int]:
-    """The EMA network of a finished run, its sampler and config, and its step."""
+def load_trained(budget: str, name: str) -> tuple[torch.nn.Module, Any, dict[str, Any], int]:
+    """The EMA network of a finished run (through the one loader, ``assembly.load_run``), its sampler,
+    config and step."""
     spec = BUDGETS[budget]
-    ckpt_path = run_dir(budget, name) / "checkpoints" / "last.ckpt"
-    checkpoint = load_checkpoint(ckpt_path)
-    config = checkpoint_config(checkpoint)
-    net = build_network(_as_config(config["model"]))
-    load_network_weights(net, network_state_dict(checkpoint, use_ema=True), source=str(ckpt_path))
-    diffusion = build_diffusion(_as_config(checkpoint["spectral_diffusion"]["diffusion"] | _target()))
-    sampler = build_sampler(
-        _as_config(
-            {"_target_": "spectral_diffusion.diffusion.DDIMSampler", "steps": spec["sampler_steps"], "eta": 1.0}
-        ),
-        diffusion,
-    )
-    return net.eval(), sampler, config, int(checkpoint.get("global_step", -1))
+    bundle = load_run(run_dir(budget, name) / "checkpoints" / "last.ckpt")
+    sampler = DDIMSampler(bundle.diffusion, steps=spec["sampler_steps"], eta=1.0)
+    return bundle.network, sampler, bundle.config, bundle.global_step
 
 
 def evaluate_run(
@@ -187,7 +173,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """FD of ``samples`` images made with the EMA weights, plus cost (cached per run and protocol)."""
     spec = BUDGETS[budget]
-    net, sampler, config, step = load_run(budget, name)
+    net, sampler, config, step = load_trained(budget, name)
     protocol = {"samples": spec["samples"], "sampler_steps": spec["sampler_steps"], "global_step": step}
     cache = run_dir(budget, name) / "reproduce_eval.json"
     if cache.is_file() and json.loads(cache.read_text()).get("protocol") == protocol:
@@ -221,7 +207,7 @@ def evaluate_run(
 
 def time_sampling(budget: str, name: str, num_samples: int) -> float:
     """Seconds per 1,000 samples with the budget's sampler (batch ``num_samples``, after a warm-up)."""
-    net, sampler, _, _ = load_run(budget, name)
+    net, sampler, _, _ = load_trained(budget, name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net.to(device)
     shape = (num_samples, net.in_channels, net.image_size, net.image_size)
@@ -233,16 +219,6 @@ def time_sampling(budget: str, name: str, num_samples: int) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / num_samples * 1000
-
-
-def _target() -> dict[str, str]:
-    return {"_target_": "spectral_diffusion.diffusion.GaussianDiffusion"}
-
-
-def _as_config(d: dict[str, Any]):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.create(d)
 
 
 def data_floor(extractor: FMNISTFeatureExtractor, reference: FeatureStatistics, n: int) -> float:

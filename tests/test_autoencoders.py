@@ -12,17 +12,17 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, VQModel
 
+from spectral_diffusion.assembly.first_stages import framework_autoencoder
 from spectral_diffusion.autoencoders import (
     AutoencoderLoadError,
     DiffusersAutoencoder,
-    FrameworkAutoencoder,
     IdentityFirstStage,
     KLAutoencoder,
     KLFirstStage,
     estimate_latent_stats,
 )
 from spectral_diffusion.losses import AutoencoderLoss, ExtraTerm
-from spectral_diffusion.training.autoencoder_module import build_autoencoder_module
+from spectral_diffusion.training.setup import build_autoencoder_module
 from spectral_diffusion.utils.checkpoint import METADATA_KEY
 from train import instantiate_collection
 
@@ -326,9 +326,9 @@ def test_experiment_trains_and_framework_autoencoder_reproduces_it(train_cfg, fm
     module.net.to(memory_format=torch.contiguous_format)  # same weights; the same conv kernels as below
     with torch.no_grad():
         # The module holds the raw weights after training (the EMA callback keeps them there).
-        raw = FrameworkAutoencoder(str(ckpt_path), use_ema=False)
+        raw = framework_autoencoder(str(ckpt_path), use_ema=False)
         assert torch.allclose(raw.decode(raw.encode(x)), module.net(x, sample_posterior=False)[0], atol=1e-5)
-        ema = FrameworkAutoencoder(str(ckpt_path))
+        ema = framework_autoencoder(str(ckpt_path))
         reference = KLAutoencoder(**{k: v for k, v in meta["config"]["model"].items() if k != "_target_"})
         reference.load_state_dict({k[4:]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")})
         assert torch.allclose(ema.decode(ema.encode(x)), reference(x, sample_posterior=False)[0], atol=1e-5)
@@ -346,12 +346,12 @@ def test_framework_autoencoder_refuses_other_checkpoints(tmp_path):
         {"state_dict": {}, METADATA_KEY: {"config": {"model": {"_target_": "spectral_diffusion.networks.UNet"}}}}, path
     )
     with pytest.raises(ValueError, match=r"diffusion.ckpt is not a KL autoencoder checkpoint.*networks.UNet"):
-        FrameworkAutoencoder(str(path))
+        framework_autoencoder(str(path))
     torch.save({"state_dict": {}}, tmp_path / "bare.ckpt")
     with pytest.raises(ValueError, match="holds no spectral_diffusion run config"):
-        FrameworkAutoencoder(str(tmp_path / "bare.ckpt"))
+        framework_autoencoder(str(tmp_path / "bare.ckpt"))
     with pytest.raises(FileNotFoundError, match="missing.ckpt"):
-        FrameworkAutoencoder(str(tmp_path / "missing.ckpt"))
+        framework_autoencoder(str(tmp_path / "missing.ckpt"))
 
 
 @pytest.mark.parametrize("option", ["identity", "framework", "diffusers"])
@@ -362,7 +362,9 @@ def test_autoencoder_configs_compose(option, tmp_path, diffusers_dir):
     if option == "diffusers":
         overrides += [f"autoencoder.path={diffusers_dir}", "autoencoder.subfolder=vae"]
     cfg = compose_config("train", tmp_path, overrides)
-    assert cfg.autoencoder._target_.startswith("spectral_diffusion.autoencoders.")
+    assert cfg.autoencoder._target_.startswith(
+        ("spectral_diffusion.autoencoders.", "spectral_diffusion.assembly.first_stages.")
+    )
     if option != "framework":  # the framework one needs a real checkpoint (tested above)
         stage = hydra.utils.instantiate(cfg.autoencoder)
         assert stage.image_channels == (1 if option == "identity" else 3)

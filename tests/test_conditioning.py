@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from spectral_diffusion.bundles import ModelBundle
 from spectral_diffusion.data.text_embeddings import (
     TextEmbeddingDataModule,
     TextEmbeddings,
@@ -279,7 +280,7 @@ def test_the_teacher_sees_the_students_dropped_labels():
     diffusion = GaussianDiffusion(num_timesteps=100)
     torch.manual_seed(0)
     teacher_net = UNet(**TINY, num_classes=10)
-    teacher = Teacher(teacher_net, lambda n, x, t, y: n(x, t, y), diffusion, (1, 16, 16), num_classes=10)
+    teacher = Teacher(ModelBundle(teacher_net, diffusion, None, (1, 16, 16), num_classes=10))
     student = UNet(**TINY, num_classes=10)
     loss = SpectralDistillationLoss(diffusion, teacher, student, features=False)
     module = conditional_module(label_dropout=0.5, loss=loss, net=student)
@@ -476,7 +477,7 @@ def test_encode_text_script_writes_a_table_for_the_class_names(tiny_clip, tmp_pa
 
 
 def test_text_embeddings_of_another_width_than_the_model_are_named(tmp_path, fmnist_root):
-    from spectral_diffusion.training.build import ConfigError, check_data_fits_model
+    from spectral_diffusion.assembly import ConfigError, check_data_fits_model
 
     dm = TextEmbeddingDataModule(str(write_class_embeddings(tmp_path / "emb.pt", dim=24)), root=str(fmnist_root))
     net = UNet(**{**TINY, "image_size": 32, "context_dim": 16})

@@ -24,18 +24,13 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from spectral_diffusion.assembly import ConfigError, build_diffusion, build_sampler, loss_needs_teacher
 from spectral_diffusion.autoencoders import IdentityFirstStage
 from spectral_diffusion.data.latents import write_latent_store
 from spectral_diffusion.diffusion.samplers import Sampler
 from spectral_diffusion.losses.distillation import SpectralDistillationLoss
 from spectral_diffusion.teachers import TeacherMismatchError
-from spectral_diffusion.training.build import (
-    ConfigError,
-    build_diffusion,
-    build_module,
-    build_sampler,
-    loss_needs_teacher,
-)
+from spectral_diffusion.training.setup import build_module
 from train import instantiate_collection, train
 
 from .conftest import compose_config
@@ -61,8 +56,8 @@ NARROW_NET = [
 ]
 #: How a teacher node is pointed at a fixture: the key that locates the teacher, and its kind, by loader.
 TEACHER_LOCATORS = {
-    "spectral_diffusion.teachers.load_checkpoint_teacher": ("ckpt_path", "checkpoint"),
-    "spectral_diffusion.teachers.load_diffusers_teacher": ("path", "diffusers"),
+    "spectral_diffusion.assembly.teachers.checkpoint_teacher": ("ckpt_path", "checkpoint"),
+    "spectral_diffusion.assembly.teachers.diffusers_teacher": ("path", "diffusers"),
 }
 #: The first stage of the latent-space families, from 3x256x256 images: (latent channels, down-sampling
 #: factor). CelebA-HQ: the teacher's VQ-f4; LSUN-Churches: the KL-f8 autoencoder.
@@ -89,8 +84,13 @@ def model_shape(cfg: DictConfig) -> tuple[int, int, int]:
     return (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
 
 
+#: Config targets that are factories, and the class each returns.
+FACTORY_CLASSES = {"spectral_diffusion.assembly.first_stages.framework_autoencoder": "FrameworkAutoencoder"}
+
+
 def target_name(node: DictConfig) -> str:
-    return node._target_.rsplit(".", 1)[-1]
+    """The class name that instantiating ``node`` gives."""
+    return FACTORY_CLASSES.get(node._target_, node._target_.rsplit(".", 1)[-1])
 
 
 # -- fixtures -------------------------------------------------------------------------------------

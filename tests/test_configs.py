@@ -6,9 +6,13 @@ from pathlib import Path
 
 import hydra
 import pytest
+import torch
 from omegaconf import OmegaConf
 
-from spectral_diffusion.training.build import build_module
+from evaluate import evaluate
+from spectral_diffusion.assembly import load_run
+from spectral_diffusion.assembly.first_stages import framework_autoencoder
+from spectral_diffusion.training.setup import build_module
 from train import instantiate_collection, train
 
 from .conftest import CONFIG_DIR, compose_config
@@ -106,7 +110,18 @@ def test_every_offline_experiment_runs_a_step(experiment, train_cfg, tiny_teache
     )
     assert cfg.trainer.max_steps == 1
     train(cfg)
-    assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    # The checkpoint loads through the checked loader, with no flag, and evaluates.
+    if experiment == "fmnist_autoencoder":
+        stage = framework_autoencoder(str(ckpt))
+        assert stage.decode(stage.encode(torch.zeros(1, 1, 32, 32))).shape == (1, 1, 32, 32)
+        return
+    assert load_run(ckpt).global_step == 1
+    evaluated = evaluate(
+        compose_config("evaluate", tmp_path / "eval", [f"ckpt_path={ckpt}", "metrics=[macs]", "grid_samples=0"])
+    )
+    assert evaluated["gmacs"] > 0 and evaluated["weights"] == "ema"
 
 
 def test_fmnist_sd_distill_finds_the_fmnist_teacher_run(tmp_path):

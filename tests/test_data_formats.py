@@ -41,9 +41,9 @@ from spectral_diffusion.data.base import UnpaddedDistributedSampler
 from spectral_diffusion.data.celebahq import SplitMatcher
 from spectral_diffusion.data.cifar10 import read_pickle
 from spectral_diffusion.data.lsun import key_cache_path, lmdb_keys
+from spectral_diffusion.data.resumable_sampler import AugmentationKey, epoch_permutation
 from spectral_diffusion.data.sources import ZipSource
 from spectral_diffusion.data.transforms import ImageTransform, center_square_box, to_rgb
-from spectral_diffusion.training.resumable_sampler import AugmentationKey, epoch_permutation
 
 from .conftest import compose_config
 

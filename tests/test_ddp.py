@@ -17,7 +17,7 @@ from spectral_diffusion.training.batching import (
     resolve_batch_plan,
     scaled_lr,
 )
-from spectral_diffusion.training.build import build_module
+from spectral_diffusion.training.setup import build_module
 from tests.conftest import compose_config
 from tests.train_subprocess import describe, load, run_train, tiny_overrides
 from train import train

@@ -10,6 +10,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
 
+from spectral_diffusion.assembly.teachers import checkpoint_teacher, diffusers_teacher
+from spectral_diffusion.bundles import ModelBundle, diffusion_from_scheduler_config
 from spectral_diffusion.diffusion import GaussianDiffusion
 from spectral_diffusion.losses import DenoisingLoss
 from spectral_diffusion.losses.distillation import (
@@ -18,15 +20,7 @@ from spectral_diffusion.losses.distillation import (
     spectral_weights,
 )
 from spectral_diffusion.networks import UNet
-from spectral_diffusion.teachers import (
-    Teacher,
-    TeacherMismatchError,
-    check_teacher_fits,
-    load_checkpoint_teacher,
-    load_diffusers_teacher,
-)
-from spectral_diffusion.teachers.diffusers_teacher import diffusion_from_scheduler_config
-from spectral_diffusion.teachers.framework import _call
+from spectral_diffusion.teachers import Teacher, TeacherMismatchError, check_teacher_fits
 from spectral_diffusion.utils.checkpoint import load_checkpoint
 
 from .conftest import compose_config
@@ -39,7 +33,9 @@ def tiny_unet(**overrides) -> UNet:
 
 
 def framework_teacher(net: torch.nn.Module, diffusion: GaussianDiffusion) -> Teacher:
-    return Teacher(net, _call, diffusion, (net.in_channels, net.image_size, net.image_size), net.num_classes)
+    return Teacher(
+        ModelBundle(net, diffusion, None, (net.in_channels, net.image_size, net.image_size), net.num_classes)
+    )
 
 
 def pink_noise(n: int, channels: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -208,7 +204,7 @@ def save_diffusers_teacher(root: Path, in_channels: int = 1, size: int = 32, vq:
 
 
 def test_diffusers_teacher_loads_with_its_schedule_and_features(tmp_path: Path) -> None:
-    teacher = load_diffusers_teacher(str(save_diffusers_teacher(tmp_path / "ddpm")))
+    teacher = diffusers_teacher(str(save_diffusers_teacher(tmp_path / "ddpm")))
     assert teacher.input_shape == (1, 32, 32) and teacher.first_stage is None
     assert teacher.diffusion.describe()["schedule"] == "linear"
     student = UNet(
@@ -217,7 +213,7 @@ def test_diffusers_teacher_loads_with_its_schedule_and_features(tmp_path: Path) 
     loss = SpectralDistillationLoss(teacher.diffusion, teacher, student)
     assert [(a.in_channels, a.out_channels) for a in loss.adapters] == [(16, 16), (8, 8)]
     with pytest.raises(Exception, match=r"unet/ \(UNet2DModel\)"):
-        load_diffusers_teacher(str(tmp_path / "missing_layout"))
+        diffusers_teacher(str(tmp_path / "missing_layout"))
 
 
 def run_distillation(train_cfg, *overrides: str):
@@ -235,7 +231,7 @@ def test_tiny_diffusers_teacher_distils_a_student_through_train_py(train_cfg, tm
     assert ckpt["global_step"] == cfg.trainer.max_steps
     assert any(k.startswith("loss.adapters.") for k in state)
     assert all(k.startswith(("net.", "loss.adapters.")) for k in state), "only the student and its adapters"
-    from spectral_diffusion.training.build import build_network
+    from spectral_diffusion.assembly import build_network
 
     assert sum(k.startswith("net.") for k in state) == len(build_network(cfg.model).state_dict())
     assert ckpt["spectral_diffusion"]["teacher"]["source"].startswith("diffusers:")
@@ -273,7 +269,7 @@ def test_framework_checkpoint_teacher_round_trip(train_cfg, tmp_path: Path) -> N
     teacher_cfg = train_cfg("run_name=teacher")
     train(teacher_cfg)
     teacher_ckpt = Path(teacher_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    teacher = load_checkpoint_teacher(str(teacher_ckpt))
+    teacher = checkpoint_teacher(str(teacher_ckpt))
     assert teacher.input_shape == (1, 32, 32) and teacher.diffusion.describe()["schedule"] == "linear"
     overrides = ["debug=tiny", f"data.root={teacher_cfg.data.root}", "data.download=false", "logger=csv"]
     overrides += ["callbacks.progress=null", "loss=spectral_distill", "teacher=checkpoint"]
@@ -286,14 +282,15 @@ def test_framework_checkpoint_teacher_round_trip(train_cfg, tmp_path: Path) -> N
 
 
 def test_distillation_without_teacher_is_a_clear_error(train_cfg) -> None:
-    from spectral_diffusion.training.build import ConfigError, build_module
+    from spectral_diffusion.assembly import ConfigError
+    from spectral_diffusion.training.setup import build_module
 
     with pytest.raises(ConfigError, match="teacher=checkpoint"):
         build_module(train_cfg("loss=spectral_distill"))
 
 
 def test_teacher_is_outside_optimizer_state_dict_and_ema_copy(train_cfg, tmp_path: Path) -> None:
-    from spectral_diffusion.training.build import build_module
+    from spectral_diffusion.training.setup import build_module
 
     teacher_dir = save_diffusers_teacher(tmp_path / "teacher")
     module = build_module(train_cfg("loss=spectral_distill", "teacher=diffusers", f"teacher.path={teacher_dir}"))
@@ -316,5 +313,5 @@ def test_teacher_is_outside_optimizer_state_dict_and_ema_copy(train_cfg, tmp_pat
 def test_checkpoint_teacher_refuses_foreign_targets(tmp_path: Path) -> None:
     config = {"model": {"_target_": "os.system", "command": "true"}}
     torch.save({"state_dict": {}, "spectral_diffusion": {"config": config, "diffusion": {}}}, tmp_path / "x.ckpt")
-    with pytest.raises(ValueError, match=r"_target_='os.system'.*refusing"):
-        load_checkpoint_teacher(str(tmp_path / "x.ckpt"))
+    with pytest.raises(ValueError, match=r"(?s)refusing to load .*x.ckpt.*model._target_ names 'os.system'"):
+        checkpoint_teacher(str(tmp_path / "x.ckpt"))

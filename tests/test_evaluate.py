@@ -11,10 +11,10 @@ from hydra.errors import MissingConfigException
 from PIL import Image
 
 from evaluate import evaluate
+from spectral_diffusion.assembly import ConfigError
 from spectral_diffusion.evaluation import count_gmacs, count_params
 from spectral_diffusion.evaluation.fmnist_classifier import FMNISTClassifier
 from spectral_diffusion.networks import UNet
-from spectral_diffusion.training.build import ConfigError
 from spectral_diffusion.utils.checkpoint import CheckpointMismatchError
 from train import train
 

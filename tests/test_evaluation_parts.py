@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from spectral_diffusion.bundles import ModelBundle
 from spectral_diffusion.diffusion import DDIMSampler, GaussianDiffusion
 from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance
 from spectral_diffusion.evaluation.cost import decoder_gmacs, network_calls_per_sample
@@ -21,7 +22,6 @@ from spectral_diffusion.evaluation.frechet import FeatureStatistics
 from spectral_diffusion.evaluation.generation import generate
 from spectral_diffusion.evaluation.kid import kernel_inception_distance, polynomial_mmd2
 from spectral_diffusion.evaluation.metrics import generated_features, quality_metrics, student_over_teacher
-from spectral_diffusion.evaluation.models import GenerativeModel
 from spectral_diffusion.evaluation.reference import reference_features, reference_key
 from spectral_diffusion.evaluation.throughput import measure_throughput
 from spectral_diffusion.networks import UNet
@@ -127,10 +127,10 @@ def test_gathered_features_come_back_in_index_order():
 # --- seeded generation --------------------------------------------------------------------------
 
 
-def tiny_model(num_classes: int | None = None, size: int = 16) -> GenerativeModel:
+def tiny_model(num_classes: int | None = None, size: int = 16) -> ModelBundle:
     torch.manual_seed(0)
     net = UNet(size, 1, 8, (1, 2), 1, (), head_channels=8, num_classes=num_classes).eval()
-    return GenerativeModel(net, GaussianDiffusion(), None, (1, size, size), num_classes)
+    return ModelBundle(net, GaussianDiffusion(), None, (1, size, size), num_classes)
 
 
 def test_samples_do_not_depend_on_the_batch_size():
@@ -165,13 +165,13 @@ def test_fd_does_not_depend_on_the_batch_size(tmp_path):
 def test_class_labels_follow_the_sample_index():
     model = tiny_model(num_classes=3)
     seen = []
-    forward = model.denoiser.forward
+    forward = model.network.forward
 
     def record(x, t, labels=None):
         seen.append(labels.tolist())
         return forward(x, t, labels)
 
-    model.denoiser.forward = record
+    model.network.forward = record
     list(generate(model, DDIMSampler(model.diffusion, steps=1), [4, 5, 6], 0, 3, "cpu"))
     assert seen == [[1, 2, 0]]
 
@@ -323,7 +323,7 @@ def test_decoder_gmacs_and_network_calls():
 def test_guided_generation_of_a_conditional_model_stays_per_sample_seeded():
     model = tiny_model(num_classes=3)
     with torch.no_grad():  # the zero-initialised output layer would make every prediction 0
-        for parameter in model.denoiser.parameters():
+        for parameter in model.network.parameters():
             parameter.normal_(0, 0.2)
     sampler = DDIMSampler(model.diffusion, eta=1.0, steps=2)
     guided = torch.cat([x for _, x in generate(model, sampler, range(4), 0, 4, "cpu", guidance=3.0)])

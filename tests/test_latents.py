@@ -12,7 +12,8 @@ import torch
 from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 
-from spectral_diffusion.autoencoders import FrameworkAutoencoder, KLAutoencoder, KLFirstStage
+from spectral_diffusion.assembly.first_stages import framework_autoencoder
+from spectral_diffusion.autoencoders import KLAutoencoder, KLFirstStage
 from spectral_diffusion.data import (
     FashionMNISTDataModule,
     LatentDataModule,
@@ -225,7 +226,7 @@ def test_encode_latents_script_with_the_framework_autoencoder(fmnist_root, tmp_p
     assert set(result) == {"train", "val"}
     dm = LatentDataModule(str(tmp_path / "latents"), batch_size=8)
     assert len(dm.train_store) == 128 and len(dm.val_store) == 32  # flips for training only
-    stage = FrameworkAutoencoder(str(ckpt))
+    stage = framework_autoencoder(str(ckpt))
     assert dm.latent_stats == stage.latent_stats()  # the checkpoint's stats, not re-estimated
     assert dm.first_stage_description["global_step"] == 7
     fm = FashionMNISTDataModule(root=str(fmnist_root), download=False)

@@ -51,6 +51,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 
 from evaluate import evaluate
+from spectral_diffusion.assembly import load_run
 from train import train
 
 from . import test_data_formats
@@ -673,10 +674,23 @@ def test_fmnist_teacher_then_student(distill):
 
 
 def assert_distilled(cfg: DictConfig) -> None:
-    """The run's validation measured every term of L = L_DDPM + lambda_s L_spatial + lambda_f L_freq."""
-    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())["metrics"]
+    """The run's validation measured every term of L = L_DDPM + lambda_s L_spatial + lambda_f L_freq,
+    and the student's checkpoint loads (through the checked loader) and evaluates."""
+    out = Path(cfg.paths.output_dir)
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert finite(*(metrics[f"val/{term}"] for term in ("loss", "ddpm", "spatial", "freq"))), metrics
     assert metrics["val/spatial"] > 0  # teacher and student differ
+    ckpt = out / "checkpoints" / "last.ckpt"
+    bundle = load_run(ckpt)
+    assert bundle.shape == (cfg.model.in_channels, cfg.model.image_size, cfg.model.image_size)
+    evaluated = evaluate(
+        compose_config(
+            "evaluate",
+            out / "eval",
+            [f"ckpt_path={ckpt}", "metrics=[macs,params]", "grid_samples=2", "sampler.steps=2"],
+        )
+    )
+    assert evaluated["gmacs"] > 0 and evaluated["global_step"] == 2 and (out / "eval" / "run" / "samples.png").is_file()
 
 
 @pytest.mark.parametrize("command", ABLATIONS)
@@ -793,8 +807,9 @@ def test_celebahq256_distillation(tmp_path, monkeypatch, celeba_root, local_hub_
     ckpt = assert_trained(cfg, 2, metric)
     stored = stored_config(ckpt)
     assert stored["data"]["resolution"] == 256 and stored["model"]["image_size"] == 64  # VQ-f4 latents of 256x256
+    out = Path(cfg.paths.output_dir)  # before evaluating: the path resolves against the current Hydra job
     assert_distilled(cfg)
-    grid = Image.open(Path(cfg.paths.output_dir) / "samples" / "final.png")
+    grid = Image.open(out / "samples" / "final.png")
     assert grid.size[0] >= 256  # decoded by the teacher's VQ-f4 to 256x256 images
 
 

@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from spectral_diffusion.data.fashion_mnist import GrayscaleImageDataset, load_split
-from spectral_diffusion.data.worker_rng import WorkerRandom, keyed_generator
-from spectral_diffusion.training.resumable_sampler import (
+from spectral_diffusion.data.resumable_sampler import (
     AugmentationKey,
     ResumableDataLoader,
     ResumableSampler,
     epoch_permutation,
 )
+from spectral_diffusion.data.worker_rng import WorkerRandom, keyed_generator
 from tests.train_subprocess import assert_same_training_state, describe, load, run_train, tiny_overrides
 from train import train
 
@@ -219,7 +219,10 @@ def test_sigkill_at_a_random_step_then_rerun_is_bitwise_an_uninterrupted_run(fmn
     assert killed.returncode == -signal.SIGKILL, describe(killed)
     interrupted_at = load(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"]
     assert interrupted_at <= kill_step < 12
-    resumed = run_train(command)
+    # The same command again, its test callback included (a checkpoint may name a class outside the
+    # framework only when the command names it too), at a step that never comes.
+    never = [arg.replace(f"step={kill_step}", "step=1000") for arg in killer]
+    resumed = run_train(command + never, hooks_dir=tmp_path / "hooks")
     assert resumed.returncode == 0, describe(resumed)
     assert_same_training_state(
         load(tmp_path / "reference" / "checkpoints" / "last.ckpt"),
@@ -241,7 +244,7 @@ def test_sigusr1_saves_a_checkpoint_that_resumes_exactly(train_cfg):
     assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 6  # the step under way finished
     assert not (out / "metrics.json").exists()
     assert signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None)  # handler given back
-    train(train_cfg(*RESUME_SETTINGS))
+    train(train_cfg(*RESUME_SETTINGS, *signal_at(1000, "SIGUSR1")))  # the same command, as a requeue runs it
     assert_same_training_state(
         load(Path(reference_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"),
         load(out / "checkpoints" / "last.ckpt"),
@@ -257,7 +260,9 @@ def test_sigterm_saves_a_checkpoint_and_stops(train_cfg):
     assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 8
     assert not (out / "samples" / "final.png").exists()  # the end-of-run outputs wait for the real end
     assert signal.getsignal(signal.SIGTERM) == before
-    train(train_cfg(*RESUME_SETTINGS))
+    # The requeued job runs the same command (the test's callback, which a checkpoint may only name
+    # when the command names it too, now at a step that never comes).
+    train(train_cfg(*RESUME_SETTINGS, *signal_at(1000, "SIGTERM")))
     assert load(out / "checkpoints" / "last.ckpt")["global_step"] == 12
     assert (out / "samples" / "final.png").is_file()
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from spectral_diffusion.bundles import ModelBundle
 from spectral_diffusion.diffusion import GaussianDiffusion
-from spectral_diffusion.evaluation.models import GenerativeModel
 from spectral_diffusion.evaluation.spectral_report import (
     dwt_band_energy,
     fft_band_energy,
@@ -53,8 +53,8 @@ def test_an_oracle_low_pass_predictor_has_zero_error_below_the_cut_and_total_err
     masks, _ = radial_band_masks(16, 16, 4)
     keep = masks[:2].any(0)  # bands 0 and 1 kept, 2 and 3 dropped
     diffusion = GaussianDiffusion(prediction_type="x0")
-    perfect = GenerativeModel(LowPassOracle(clean, torch.ones(16, 16)), diffusion, None, (1, 16, 16))
-    lowpass = GenerativeModel(LowPassOracle(clean, keep.double()), diffusion, None, (1, 16, 16))
+    perfect = ModelBundle(LowPassOracle(clean, torch.ones(16, 16)), diffusion, None, (1, 16, 16))
+    lowpass = ModelBundle(LowPassOracle(clean, keep.double()), diffusion, None, (1, 16, 16))
     report = spectral_errors({"student": lowpass, "teacher": perfect}, clean, [500, 10], num_bands=4, batch_size=6)
     for row in report["models"]["student"]["fft_relative_error"]:
         assert row[:2] == pytest.approx([0, 0], abs=1e-10) and row[2:] == pytest.approx(
@@ -80,7 +80,7 @@ def test_recovery_timesteps_pick_the_largest_recovered_timestep():
 
 def test_bad_timesteps_and_shapes_are_named():
     clean = torch.zeros(2, 1, 8, 8)
-    model = GenerativeModel(LowPassOracle(clean, torch.ones(8, 8)), GaussianDiffusion(), None, (1, 8, 8))
+    model = ModelBundle(LowPassOracle(clean, torch.ones(8, 8)), GaussianDiffusion(), None, (1, 8, 8))
     with pytest.raises(ValueError, match=r"spectral.timesteps=\[1000\] must lie in \[0, 1000\)"):
         spectral_errors({"student": model}, clean, [1000])
     with pytest.raises(ValueError, match=r"student denoises \(1, 8, 8\) but the data is \(1, 4, 4\)"):
@@ -92,8 +92,8 @@ def test_report_files(tmp_path):
     masks, _ = radial_band_masks(8, 8, 3)
     diffusion = GaussianDiffusion(prediction_type="x0")
     models = {
-        "student": GenerativeModel(LowPassOracle(clean, masks[:1].any(0).double()), diffusion, None, (1, 8, 8)),
-        "teacher": GenerativeModel(LowPassOracle(clean, masks[:2].any(0).double()), diffusion, None, (1, 8, 8)),
+        "student": ModelBundle(LowPassOracle(clean, masks[:1].any(0).double()), diffusion, None, (1, 8, 8)),
+        "teacher": ModelBundle(LowPassOracle(clean, masks[:2].any(0).double()), diffusion, None, (1, 8, 8)),
     }
     report = spectral_errors(models, clean, [900, 100], num_bands=3)
     assert json.loads(write_json(report, tmp_path / "r.json").read_text())["timesteps"] == [900, 100]

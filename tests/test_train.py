@@ -99,7 +99,7 @@ def test_explicit_ckpt_path_must_exist(train_cfg, tmp_path):
 
 
 def test_data_model_shape_mismatch_is_named(train_cfg):
-    from spectral_diffusion.training.build import ConfigError
+    from spectral_diffusion.assembly import ConfigError
 
     with pytest.raises(ConfigError, match=r"model.in_channels=3"):
         train(train_cfg("model.in_channels=3"))
@@ -128,7 +128,7 @@ def test_output_dir_override_moves_the_run(train_cfg, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_message_naming_the_step(train_cfg):
-    from spectral_diffusion.training.build import build_module
+    from spectral_diffusion.training.setup import build_module
 
     module = build_module(train_cfg())
     module.loss = lambda *args: torch.tensor(float("nan"))
@@ -175,7 +175,7 @@ def test_non_finite_skip_mode_drops_the_step_and_goes_on(train_cfg):
 def test_non_finite_policy_is_checked(train_cfg):
     from hydra.errors import InstantiationException
 
-    from spectral_diffusion.training.build import build_module
+    from spectral_diffusion.training.setup import build_module
 
     with pytest.raises(InstantiationException, match=r"module.non_finite_loss='ignore' must be one of stop, skip"):
         build_module(train_cfg("module.non_finite_loss=ignore"))

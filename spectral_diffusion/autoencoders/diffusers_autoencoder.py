@@ -14,14 +14,12 @@ codebook, as in LDM (diffusers' ``VQModel.decode`` quantises by default).
 
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from spectral_diffusion.autoencoders.base import FirstStage
+from spectral_diffusion.utils.diffusers_files import DiffusersFolderError, check_component, local_copy
 
 #: diffusers class name -> our ``kind``.
 SUPPORTED_CLASSES = {"AutoencoderKL": "kl", "VQModel": "vq"}
@@ -30,50 +28,10 @@ EXPECTED_LAYOUT = (
     "a diffusers model directory with a config.json: vae/ holding an AutoencoderKL (Stable Diffusion layout, "
     "subfolder=vae) or vqvae/ holding a VQModel (CompVis LDM layout, subfolder=vqvae)"
 )
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class AutoencoderLoadError(ValueError):
     """The autoencoder cannot be found or is not of a supported class (the message says what is expected)."""
-
-
-def _is_local(path: str) -> bool:
-    """A path that exists, or that cannot be a hub id ('org/name'), is treated as a local directory."""
-    return Path(path).expanduser().exists() or not _HUB_ID.match(path)
-
-
-def read_class_name(path: str, subfolder: str | None) -> str:
-    """``_class_name`` of the model's ``config.json`` (local directory or hub id)."""
-    where = f"{path}" + (f" (subfolder={subfolder})" if subfolder else "")
-    if _is_local(path):
-        folder = Path(path).expanduser() / (subfolder or "")
-        if not folder.is_dir():
-            raise AutoencoderLoadError(f"autoencoder directory {folder} does not exist; expected {EXPECTED_LAYOUT}")
-        config_file = folder / "config.json"
-        if not config_file.is_file():
-            present = sorted(p.name for p in folder.iterdir())[:12]
-            raise AutoencoderLoadError(
-                f"{config_file} does not exist (the folder holds {present}); expected {EXPECTED_LAYOUT}"
-            )
-        try:
-            config = json.loads(config_file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise AutoencoderLoadError(f"cannot read {config_file}: {err}") from err
-    else:
-        from diffusers import AutoencoderKL
-
-        try:
-            config = AutoencoderKL.load_config(path, subfolder=subfolder)
-        except Exception as err:  # hub errors come in many types
-            raise AutoencoderLoadError(
-                f"{where} is not a local directory ({Path(path).expanduser().resolve()} does not exist), and "
-                f"fetching it as a hub model failed: {type(err).__name__}: {err}. A hub id needs network access "
-                f"or a cached copy; offline, pass a local directory instead ({EXPECTED_LAYOUT})."
-            ) from err
-    name = config.get("_class_name")
-    if name is None:
-        raise AutoencoderLoadError(f"the config.json of {where} has no _class_name; expected {EXPECTED_LAYOUT}")
-    return name
 
 
 class DiffusersAutoencoder(FirstStage):
@@ -101,12 +59,14 @@ class DiffusersAutoencoder(FirstStage):
         if kind not in KINDS:
             raise AutoencoderLoadError(f"autoencoder.kind={kind!r} is not one of {KINDS}")
         path = str(path)
-        class_name = read_class_name(path, subfolder)
         where = path + (f" (subfolder={subfolder})" if subfolder else "")
-        if class_name not in SUPPORTED_CLASSES:
-            raise AutoencoderLoadError(
-                f"{where} holds a {class_name}; supported are {sorted(SUPPORTED_CLASSES)}: expected {EXPECTED_LAYOUT}"
-            )
+        # A model folder is untrusted input: checked (and a hub id fetched, JSON and weights only)
+        # before diffusers reads it (utils/diffusers_files.py).
+        try:
+            folder = local_copy(path, [subfolder]) / (subfolder or "")
+            class_name, use_safetensors = check_component(folder, tuple(SUPPORTED_CLASSES))
+        except DiffusersFolderError as err:
+            raise AutoencoderLoadError(f"{err}; expected {EXPECTED_LAYOUT}") from err
         found = SUPPORTED_CLASSES[class_name]
         if kind != "auto" and kind != found:
             raise AutoencoderLoadError(
@@ -115,9 +75,8 @@ class DiffusersAutoencoder(FirstStage):
         import diffusers
 
         model_class = getattr(diffusers, class_name)
-        load_from = str(Path(path).expanduser()) if _is_local(path) else path
         try:
-            vae = model_class.from_pretrained(load_from, subfolder=subfolder)
+            vae = model_class.from_pretrained(folder, use_safetensors=use_safetensors)
         except Exception as err:
             raise AutoencoderLoadError(f"cannot load the {class_name} in {where}: {type(err).__name__}: {err}") from err
 

@@ -1,4 +1,4 @@
-"""The framework's own KL autoencoder as a frozen first stage, from a network or a training checkpoint.
+"""The framework's own KL autoencoder as a frozen first stage.
 
 ``python train.py experiment=fmnist_autoencoder`` writes Lightning checkpoints whose metadata holds
 the run config (the network is rebuilt from its ``model`` entry) and the latent statistics that
@@ -8,23 +8,12 @@ data for the weights stored beside them.
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from spectral_diffusion.autoencoders.base import FirstStage
 from spectral_diffusion.autoencoders.kl_autoencoder import KLAutoencoder
-from spectral_diffusion.utils.checkpoint import (
-    METADATA_KEY,
-    checkpoint_config,
-    load_checkpoint,
-    load_network_weights,
-    network_state_dict,
-)
-
-log = logging.getLogger(__name__)
 
 #: ``_target_`` values of the model config that name the framework's KL autoencoder.
 KL_TARGETS = (
@@ -68,61 +57,35 @@ class KLFirstStage(FirstStage):
         return {"kind": "framework_kl", "source": self.source}
 
 
-def build_kl_autoencoder(model_cfg: dict[str, Any], source: str) -> KLAutoencoder:
-    """The :class:`KLAutoencoder` of a stored ``model`` config.
-
-    Built directly rather than through ``hydra.utils.instantiate``: a checkpoint is user input, and
-    instantiating an arbitrary ``_target_`` from it would run whatever it names.
-    """
-    target = (model_cfg or {}).get("_target_")
-    if target not in KL_TARGETS:
-        raise ValueError(
-            f"{source} is not a KL autoencoder checkpoint: its model is {target!r}, expected {KL_TARGETS[0]} "
-            "(a checkpoint of `python train.py experiment=fmnist_autoencoder`)"
-        )
-    kwargs = {k: v for k, v in model_cfg.items() if not k.startswith("_")}
-    try:
-        return KLAutoencoder(**kwargs)
-    except TypeError as err:
-        raise ValueError(f"the model config stored in {source} does not fit KLAutoencoder: {err}") from err
-
-
 class FrameworkAutoencoder(KLFirstStage):
-    """A :class:`KLAutoencoder` trained by ``python train.py experiment=fmnist_autoencoder``.
+    """A :class:`KLAutoencoder` trained by ``python train.py experiment=fmnist_autoencoder``, with its latent stats.
+
+    Loaded from a checkpoint by ``spectral_diffusion/assembly/first_stages.py: framework_autoencoder``
+    (the ``autoencoder=framework`` config's target), which reads the file.
 
     Args:
-        ckpt_path: the Lightning checkpoint (read with ``weights_only=True``).
-        use_ema: the EMA weights (the checkpoint's ``state_dict`` when the EMA callback ran), else
-            the raw training weights; the matching latent stats are restored either way.
+        net: the trained autoencoder network.
+        stats: ``{"shift": ..., "scale": ...}`` estimated for these weights, or ``None`` (unset).
+        source: the checkpoint it came from.
+        use_ema: whether ``net`` holds the EMA weights (recorded in :meth:`describe`).
+        global_step: the checkpoint's training step.
         sample_posterior: :meth:`encode` draws from the posterior instead of taking its mean.
     """
 
-    def __init__(self, ckpt_path: str, use_ema: bool = True, sample_posterior: bool = False) -> None:
-        path = Path(ckpt_path).expanduser()
-        checkpoint = load_checkpoint(path)
-        config = checkpoint_config(checkpoint)
-        if config is None or "model" not in config:
-            raise ValueError(
-                f"{path} holds no spectral_diffusion run config with a 'model' entry; expected a checkpoint of "
-                "`python train.py experiment=fmnist_autoencoder`"
-            )
-        net = build_kl_autoencoder(config["model"], str(path))
-        load_network_weights(net, network_state_dict(checkpoint, use_ema=use_ema), source=str(path))
-        super().__init__(net, sample_posterior=sample_posterior, source=str(path.resolve()))
+    def __init__(
+        self,
+        net: KLAutoencoder,
+        stats: dict[str, Any] | None = None,
+        source: str | None = None,
+        use_ema: bool = True,
+        global_step: int = -1,
+        sample_posterior: bool = False,
+    ) -> None:
+        super().__init__(net, sample_posterior=sample_posterior, source=source)
         self.use_ema = use_ema
-        self.global_step = int(checkpoint.get("global_step", -1))
-        raw_weights = not use_ema and "current_model_state" in checkpoint
-        metadata = checkpoint.get(METADATA_KEY, {})
-        stats = metadata.get(RAW_STATS_KEY if raw_weights else STATS_KEY)
+        self.global_step = global_step
         if stats is not None:
             self.set_latent_stats(stats["shift"], stats["scale"])
-        else:
-            log.warning(
-                "%s holds no latent stats for its %s weights; they stay unset (shift 0, scale 1) until estimated, "
-                "e.g. by scripts/encode_latents.py",
-                path,
-                "raw" if raw_weights else "stored",
-            )
 
     def _describe_source(self) -> dict[str, Any]:
         return {

@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from spectral_diffusion.data.image_dataset import CORRUPT_POLICIES, EncodedImageDataset
+from spectral_diffusion.data.resumable_sampler import resumable_train_loader
 from spectral_diffusion.data.sources import ImageSource
 from spectral_diffusion.data.transforms import ImageTransform
-from spectral_diffusion.training.resumable_sampler import resumable_train_loader
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class BaseDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        # Seeded, sharded over the trainer's ranks and resumable mid-epoch (training/resumable_sampler.py).
+        # Seeded, sharded over the trainer's ranks and resumable mid-epoch (data/resumable_sampler.py).
         self._require_setup()
         if len(self.train_set) < self.batch_size:
             raise ValueError(

@@ -43,7 +43,7 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSample
 
 from spectral_diffusion.autoencoders.base import FirstStage
 from spectral_diffusion.data.base import BaseDataModule
-from spectral_diffusion.training.resumable_sampler import resumable_train_loader
+from spectral_diffusion.data.resumable_sampler import resumable_train_loader
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ class LatentDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        # Seeded, sharded over the trainer's ranks and resumable mid-epoch (training/resumable_sampler.py).
+        # Seeded, sharded over the trainer's ranks and resumable mid-epoch (data/resumable_sampler.py).
         dataset = LatentBatches(self.train_store, self.train_entries)
         return resumable_train_loader(
             dataset,

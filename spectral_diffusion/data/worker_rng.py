@@ -1,6 +1,6 @@
 """Random numbers for data augmentation: keyed by (seed, epoch, index) in training, per process otherwise.
 
-**Training** (the resumable loader, ``training/resumable_sampler.py``): the sampler yields each
+**Training** (the resumable loader, ``data/resumable_sampler.py``): the sampler yields each
 index as an :class:`AugmentationKey`, an ``int`` that also carries the run's seed and the epoch.
 A dataset that passes the index it was given to :meth:`WorkerRandom.generator` (or ``coin``) gets
 a generator seeded from ``(seed, epoch, index)`` alone, a counter-based draw with no state. So an
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from spectral_diffusion.training.resumable_sampler import AugmentationKey
+from spectral_diffusion.data.resumable_sampler import AugmentationKey
 
 __all__ = ["AugmentationKey", "WorkerRandom", "keyed_generator"]
 

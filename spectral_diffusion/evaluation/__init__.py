@@ -24,7 +24,6 @@ from spectral_diffusion.evaluation.fmnist_classifier import DEFAULT_WEIGHTS, FMN
 from spectral_diffusion.evaluation.fmnist_weights import default_weights, resolve_weights
 from spectral_diffusion.evaluation.frechet import FeatureStatistics, frechet_distance
 from spectral_diffusion.evaluation.kid import kernel_inception_distance
-from spectral_diffusion.evaluation.models import GenerativeModel, load_checkpoint_model
 
 __all__ = [
     "ClassifierRecipe",
@@ -32,7 +31,6 @@ __all__ = [
     "FMNISTClassifier",
     "FMNISTFeatureExtractor",
     "FeatureStatistics",
-    "GenerativeModel",
     "accuracy",
     "attention_product_ops",
     "build_feature_extractor",
@@ -43,7 +41,6 @@ __all__ = [
     "frechet_distance",
     "gmacs_by_op",
     "kernel_inception_distance",
-    "load_checkpoint_model",
     "load_fashion_mnist_images",
     "network_calls_per_sample",
     "resolve_weights",

@@ -12,9 +12,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from spectral_diffusion.bundles import ModelBundle
 from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance
 from spectral_diffusion.diffusion.samplers import Sampler, sample
-from spectral_diffusion.evaluation.models import GenerativeModel
 
 
 def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
@@ -29,7 +29,7 @@ def sample_labels(indices: Sequence[int], num_classes: int | None) -> torch.Tens
     return torch.tensor([int(i) % num_classes for i in indices], dtype=torch.long)
 
 
-def guidance_kwargs(guidance: ClassifierFreeGuidance | float | None, model: GenerativeModel) -> dict:
+def guidance_kwargs(guidance: ClassifierFreeGuidance | float | None, model: ModelBundle) -> dict:
     """Keyword arguments that switch on classifier-free guidance in :func:`sample` (none at scale 1)."""
     if guidance is None:
         return {}
@@ -47,7 +47,7 @@ def guidance_kwargs(guidance: ClassifierFreeGuidance | float | None, model: Gene
 
 @torch.no_grad()
 def generate(
-    model: GenerativeModel,
+    model: ModelBundle,
     sampler: Sampler,
     indices: Sequence[int],
     seed: int,
@@ -69,7 +69,7 @@ def generate(
         chunk = indices[start : start + batch_size]
         labels = sample_labels(chunk, model.num_classes)
         latents = sample(
-            model.denoiser,
+            model.network,
             sampler,
             (len(chunk), *model.shape),
             sample_generators(seed, chunk),

@@ -15,7 +15,7 @@ It writes ``guidance_sweep.md`` (a table), ``guidance_sweep.json`` (the rows and
 Speed-up and FD change are given relative to full guidance (``truncate_after = 1``) when the sweep
 contains it. Typical use with the Fashion-MNIST classifier (``extractor``)::
 
-    rows = guidance_sweep(model.denoiser, sampler, model.shape, model.num_classes,
+    rows = guidance_sweep(model.network, sampler, model.shape, model.num_classes,
                           extractor, reference_stats, extractor.classifier,
                           scale=3.0, num_samples=2000, output_dir=out, decode=model.decode)
 """

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from spectral_diffusion.bundles import ModelBundle
 from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance
 from spectral_diffusion.diffusion.samplers import Sampler
 from spectral_diffusion.evaluation.cost import (
@@ -29,7 +30,6 @@ from spectral_diffusion.evaluation.distributed import rank_indices, world
 from spectral_diffusion.evaluation.features import FeatureSet, combine_ranks, extract
 from spectral_diffusion.evaluation.generation import generate
 from spectral_diffusion.evaluation.kid import kernel_inception_distance
-from spectral_diffusion.evaluation.models import GenerativeModel
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,13 @@ MIN_COMPARABLE_SAMPLES = 10_000
 
 
 def cost_metrics(
-    model: GenerativeModel,
+    model: ModelBundle,
     sampler: Sampler | None,
     guidance: ClassifierFreeGuidance | float | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
     """Parameters and GMACs of one forward pass, of one generated sample, and of the decoder."""
-    by_op = gmacs_by_op(model.denoiser, model.shape, model.class_conditional, device)
+    by_op = gmacs_by_op(model.network, model.shape, model.class_conditional, device)
     gmacs = sum(by_op.values())
     metrics: dict[str, Any] = {
         "params_m": count_params(_network(model)) / 1e6,
@@ -67,13 +67,13 @@ def cost_metrics(
     return metrics
 
 
-def _network(model: GenerativeModel) -> nn.Module:
+def _network(model: ModelBundle) -> nn.Module:
     # A Teacher wraps its network; count the network alone.
-    return getattr(model.denoiser, "net", model.denoiser)
+    return getattr(model.network, "net", model.network)
 
 
 def generated_features(
-    model: GenerativeModel,
+    model: ModelBundle,
     sampler: Sampler,
     extractor: nn.Module,
     num_samples: int,

@@ -142,12 +142,16 @@ def reference_features(
     split: str = "train",
     num_images: int | None = None,
     batch_size: int = 256,
+    datamodule: Any = None,
 ) -> tuple[FeatureSet, Path, bool]:
     """The reference features of ``data_cfg``'s ``split``: ``(features, stats file, computed now?)``.
 
     Loaded from the cache when present, else computed (by rank 0 under ``torch.distributed``) and cached.
+    ``datamodule`` is ``data_cfg``'s DataModule where the caller has built it (a checkpoint's stored
+    data config is rebuilt from the registry, not by Hydra); else it is instantiated from ``data_cfg``.
     """
-    datamodule = hydra.utils.instantiate(data_cfg)
+    if datamodule is None:
+        datamodule = hydra.utils.instantiate(data_cfg)
     image_shape = tuple(getattr(datamodule, "image_shape", ()))
     key = reference_key(data_cfg, image_shape, split, num_images, extractor.identity)
     cache = ReferenceCache(cache_dir, key)

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from spectral_diffusion.evaluation.models import GenerativeModel
+from spectral_diffusion.bundles import ModelBundle
 from spectral_diffusion.networks.wavelets import dwt2_stacked
 
 DWT_BANDS = ("LL", "LH", "HL", "HH")
@@ -66,7 +66,7 @@ def _add(totals: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> Non
 
 @torch.no_grad()
 def spectral_errors(
-    models: dict[str, GenerativeModel],
+    models: dict[str, ModelBundle],
     x0: torch.Tensor,
     timesteps: Sequence[int],
     labels: torch.Tensor | None = None,
@@ -124,7 +124,7 @@ def spectral_errors(
             for name, model in models.items():
                 t_batch = torch.full((len(clean),), int(t), device=device, dtype=torch.long)
                 x_t = model.diffusion.add_noise(clean, eps, t_batch)
-                predicted, _ = model.diffusion.predict_x0_eps(model.denoiser(x_t, t_batch, y).float(), x_t, t_batch)
+                predicted, _ = model.diffusion.predict_x0_eps(model.network(x_t, t_batch, y).float(), x_t, t_batch)
                 if clip_x0 is not None:
                     predicted = predicted.clamp(-clip_x0, clip_x0)
                 predictions[name] = predicted
@@ -258,13 +258,11 @@ def plot_report(report: dict[str, Any], path: str | Path, title: str = "") -> Pa
     return path
 
 
-def held_out_images(data_cfg: Any, num_images: int, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``num_images`` images (in [-1, 1]) and labels of a data config's split."""
-    import hydra
-
+def held_out_images(datamodule: Any, num_images: int, split: str = "val") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``num_images`` images (in [-1, 1]) and labels of a DataModule's split."""
     from spectral_diffusion.evaluation.reference import split_dataset
 
-    dataset = split_dataset(hydra.utils.instantiate(data_cfg), split)
+    dataset = split_dataset(datamodule, split)
     count = min(num_images, len(dataset))
     images, labels = zip(*(dataset[i] for i in range(count)), strict=True)
     return torch.stack(images), torch.as_tensor([int(label) for label in labels])

@@ -11,10 +11,10 @@ import time
 
 import torch
 
+from spectral_diffusion.bundles import ModelBundle
 from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance
 from spectral_diffusion.diffusion.samplers import Sampler
 from spectral_diffusion.evaluation.generation import generate
-from spectral_diffusion.evaluation.models import GenerativeModel
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -30,7 +30,7 @@ def synchronize(device: torch.device | str) -> None:
 
 
 def measure_throughput(
-    model: GenerativeModel,
+    model: ModelBundle,
     sampler: Sampler,
     batch_size: int,
     device: torch.device | str,

@@ -72,7 +72,7 @@ class SpectralDistillationLoss(nn.Module):
 
     Args:
         diffusion: the student's diffusion process.
-        teacher: the frozen teacher (``teachers/``); set by ``training/build.py`` from ``teacher=``.
+        teacher: the frozen teacher (``teachers/``); set by ``training/setup.py`` from ``teacher=``.
         student: the student network; only read here, to find its feature maps and size the adapters.
         lambda_spatial, lambda_freq: weights of the two distillation terms (0 turns one off).
         alpha: exponent of the spectrum weights (-1 in the paper; 0 gives uniform weights).

@@ -13,9 +13,10 @@ from torch import nn
 
 from spectral_diffusion.diffusion.process import GaussianDiffusion
 from spectral_diffusion.teachers.base import Teacher
+from spectral_diffusion.utils.errors import UserError
 
 
-class TeacherMismatchError(ValueError):
+class TeacherMismatchError(UserError, ValueError):
     """Teacher and student disagree on something distillation needs to be equal."""
 
 

@@ -23,6 +23,7 @@ def decoder_feature_points(net: nn.Module) -> list[nn.Module]:
     - diffusers' ``UNet2DModel``: the last attention (or, without attention, the last resnet) of
       each ``up_blocks[i]``, i.e. the block's output before its up-sampler.
     """
+    net = getattr(net, "unet", net)  # bundles/diffusers_folder.py: DiffusersUNet wraps diffusers' UNet2DModel
     if hasattr(net, "up_levels"):
         return [level.blocks[-1] for level in net.up_levels]
     if hasattr(net, "up_blocks"):

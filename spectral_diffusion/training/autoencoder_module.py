@@ -22,13 +22,11 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import hydra
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from spectral_diffusion.autoencoders.framework_autoencoder import KL_TARGETS, RAW_STATS_KEY, STATS_KEY, KLFirstStage
+from spectral_diffusion.autoencoders.framework_autoencoder import RAW_STATS_KEY, STATS_KEY, KLFirstStage
 from spectral_diffusion.autoencoders.kl_autoencoder import KLAutoencoder
 from spectral_diffusion.autoencoders.stats import estimate_latent_stats
 from spectral_diffusion.losses.autoencoder import AutoencoderLoss
@@ -227,27 +225,4 @@ class AutoencoderModule(L.LightningModule):
         checkpoint[METADATA_KEY] = metadata
 
 
-def build_autoencoder_module(cfg: DictConfig) -> AutoencoderModule:
-    """The :class:`AutoencoderModule` of a run config (``model`` must be a KLAutoencoder preset)."""
-    from spectral_diffusion.training.build import ConfigError
-
-    target = cfg.model.get("_target_")
-    if target not in KL_TARGETS:
-        raise ConfigError(
-            f"module=autoencoder trains a KLAutoencoder, but model._target_={target}; "
-            "use model=autoencoder/fmnist_kl_f4 (or experiment=fmnist_autoencoder)"
-        )
-    net = hydra.utils.instantiate(cfg.model)
-    loss = hydra.utils.instantiate(cfg.loss)
-    if not isinstance(loss, AutoencoderLoss):
-        raise ConfigError(
-            f"module=autoencoder needs loss=autoencoder, but loss._target_={cfg.loss._target_} "
-            "(experiment=fmnist_autoencoder sets both)"
-        )
-    module = hydra.utils.instantiate(cfg.module, net=net, loss=loss)
-    # Set after instantiation: Hydra would try to instantiate the _target_ keys inside it.
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    return module
-
-
-__all__ = ["AutoencoderModule", "build_autoencoder_module", "psnr"]
+__all__ = ["AutoencoderModule", "psnr"]

@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
+from spectral_diffusion.utils.checkpoint import LOGGER_IDS_KEY
 from spectral_diffusion.utils.images import make_grid, save_grid
 
 log = logging.getLogger(__name__)
@@ -178,10 +179,6 @@ class SampleGrid(L.Callback):
                 experiment.add_image("samples", grid, trainer.global_step, dataformats="HWC")
             elif type(logger).__name__ == "WandbLogger":
                 logger.log_image("samples", [grid.numpy()], step=trainer.global_step, caption=[name])
-
-
-#: Top-level checkpoint key of the loggers' run ids (``{"WandbLogger": "<run id>", ...}``).
-LOGGER_IDS_KEY = "logger_ids"
 
 
 def logger_ids(trainer: L.Trainer) -> dict[str, str]:

@@ -49,7 +49,7 @@ def sample_slot(batch_idx: int, accumulate: int, world_size: int, rank: int) -> 
     """Which micro-batch of its optimizer step a batch is, counted over accumulation and ranks.
 
     Micro-batch ``a`` of rank ``r`` is slot ``a * world_size + r``: the slice of the step's images
-    that ``training/resumable_sampler.py`` hands it. Keying the step's randomness by slot rather
+    that ``data/resumable_sampler.py`` hands it. Keying the step's randomness by slot rather
     than by rank alone gives every micro-batch its own noise under gradient accumulation, and makes
     a run on W devices draw what a run on one device accumulating W micro-batches draws. With no
     accumulation the slot is the rank.

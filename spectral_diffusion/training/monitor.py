@@ -24,9 +24,9 @@ from typing import Any
 import lightning as L
 from omegaconf import OmegaConf
 
+from spectral_diffusion.bundles import ModelBundle
 from spectral_diffusion.evaluation.extractors import build_feature_extractor
 from spectral_diffusion.evaluation.metrics import generated_features
-from spectral_diffusion.evaluation.models import GenerativeModel
 from spectral_diffusion.evaluation.reference import reference_features
 from spectral_diffusion.training.callbacks import find_ema
 
@@ -108,8 +108,8 @@ class FrechetMonitor(L.Callback):
         if self.sampler_steps is not None:
             sampler = copy.copy(sampler)
             sampler.set_timesteps(self.sampler_steps)
-        model = GenerativeModel(
-            denoiser=pl_module.net,
+        model = ModelBundle(
+            network=pl_module.net,
             diffusion=pl_module.diffusion,
             first_stage=pl_module.first_stage,
             shape=tuple(pl_module.sample_shape),

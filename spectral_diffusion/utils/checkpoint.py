@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,14 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from spectral_diffusion.utils.errors import UserError
+from spectral_diffusion.utils.stored_config import StoredConfigError, check_stored_config
 
 #: Where this framework keeps its own metadata (config, git revision) inside a Lightning checkpoint.
 METADATA_KEY = "spectral_diffusion"
 #: Prefix of the network's parameters in the LightningModule's state_dict.
 NET_PREFIX = "net."
+#: Top-level checkpoint key of the loggers' run ids (``{"WandbLogger": "<run id>", ...}``).
+LOGGER_IDS_KEY = "logger_ids"
 
 
 class CheckpointLoadError(UserError, RuntimeError):
@@ -54,8 +58,30 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
 
 
 def checkpoint_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
-    """The resolved run config stored in a checkpoint of this framework, if any."""
+    """The resolved run config stored in a checkpoint of this framework, if any (unchecked: see
+    :func:`read_checkpoint`)."""
     return checkpoint.get(METADATA_KEY, {}).get("config")
+
+
+def read_checkpoint(
+    path: str | Path, map_location: Any = "cpu", mmap: bool = False, also_allowed: Iterable[str] = ()
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(checkpoint, stored run config)`` of a file, the config checked before anyone uses it.
+
+    The one way this framework reads a checkpoint: the tensors with ``weights_only=True``
+    (:func:`load_checkpoint`), and the framework's metadata, the stored config included, walked by
+    :func:`~spectral_diffusion.utils.stored_config.check_stored_config`, which refuses what a
+    checkpoint may not ask to build before anything is built. ``also_allowed`` are further targets
+    the caller vouches for (a resumed run's own callbacks, which the command names).
+    """
+    checkpoint = load_checkpoint(path, map_location=map_location, mmap=mmap)
+    metadata = checkpoint.get(METADATA_KEY)
+    if metadata is not None and not isinstance(metadata, dict):
+        raise StoredConfigError(f"refusing to load checkpoint {path}: its {METADATA_KEY!r} entry is not a mapping")
+    source = f"checkpoint {Path(path).expanduser()}"
+    check_stored_config(checkpoint_config(checkpoint), source, also_allowed)
+    check_stored_config({k: v for k, v in (metadata or {}).items() if k != "config"}, source)
+    return checkpoint, checkpoint_config(checkpoint)
 
 
 def network_state_dict(checkpoint: dict[str, Any], use_ema: bool = True) -> dict[str, torch.Tensor]:
@@ -186,4 +212,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
     def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+        # Lightning restores states and builds nothing from the stored config; train.py has checked
+        # that config (read_checkpoint) before it lets Lightning resume.
         return load_checkpoint(path, map_location=map_location or "cpu")

@@ -19,6 +19,10 @@ class UserError(Exception):
     """
 
 
+class ConfigError(UserError, ValueError):
+    """The config asks for something inconsistent (the message names the keys)."""
+
+
 #: Built-in exceptions that mean bad input. A ``ValueError`` raised by a validation in this
 #: framework names the key; one raised by a library still carries its own message.
 USER_ERROR_TYPES: tuple[type[BaseException], ...] = (

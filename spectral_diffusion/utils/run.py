@@ -212,15 +212,14 @@ def stored_logger_ids(ckpt_path: str | Path | None) -> dict[str, str]:
     """The loggers' run ids saved in a checkpoint (``training/callbacks.py: LoggerIds``), or ``{}``."""
     if not ckpt_path:
         return {}
-    import torch
-
-    from spectral_diffusion.training.callbacks import LOGGER_IDS_KEY
+    from spectral_diffusion.utils.checkpoint import LOGGER_IDS_KEY, load_checkpoint
 
     try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = load_checkpoint(ckpt_path, mmap=True)
     except Exception:  # resuming will report an unreadable checkpoint properly
         return {}
-    return dict(checkpoint.get(LOGGER_IDS_KEY, {}))
+    ids = checkpoint.get(LOGGER_IDS_KEY, {})
+    return {str(k): str(v) for k, v in ids.items()} if isinstance(ids, dict) else {}
 
 
 def continue_logger_runs(logger_cfg: DictConfig | None, ids: dict[str, str]) -> None:

@@ -1,7 +1,8 @@
-"""Assemble the run's parts from a Hydra config: the one place that knows the config's layout.
+"""The run's parts from a composed Hydra config: network, process, sampler, first stage, teacher.
 
-``train.py`` and ``evaluate.py`` both go through here, so a checkpoint's stored config rebuilds
-exactly the model that wrote it.
+These read the config the user composed (``configs/`` plus the command line), which is trusted, so
+they go through ``hydra.utils.instantiate`` and may name any class. A checkpoint's stored config is
+not trusted and is rebuilt by ``load.py`` through the registry instead.
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ from torch import nn
 from spectral_diffusion.diffusion.process import GaussianDiffusion
 from spectral_diffusion.diffusion.samplers import Sampler
 from spectral_diffusion.losses.distillation import SpectralDistillationLoss
-from spectral_diffusion.teachers import Teacher, check_teacher_fits
+from spectral_diffusion.teachers import Teacher
+from spectral_diffusion.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """The config asks for something inconsistent (the message names the keys)."""
 
 
 def build_network(model_cfg: DictConfig) -> nn.Module:
@@ -63,59 +61,6 @@ def build_teacher(teacher_cfg: DictConfig | None) -> Teacher | None:
 
 def loss_needs_teacher(loss_cfg: DictConfig) -> bool:
     return issubclass(hydra.utils.get_class(loss_cfg._target_), SpectralDistillationLoss)
-
-
-def build_module(cfg: DictConfig, net: nn.Module | None = None) -> L.LightningModule:
-    """The LightningModule of a run config (``net`` overrides building it from ``cfg.model``).
-
-    ``module=autoencoder`` runs train the framework's own autoencoder; everything else trains a
-    diffusion model, distilled from ``teacher=`` when the loss asks for one.
-    """
-    if str(cfg.module._target_).endswith("AutoencoderModule"):
-        from spectral_diffusion.training.autoencoder_module import build_autoencoder_module
-
-        return build_autoencoder_module(cfg)
-
-    net = net if net is not None else build_network(cfg.model)
-    diffusion = build_diffusion(cfg.diffusion)
-    first_stage = build_first_stage(cfg.get("autoencoder"))
-
-    loss_kwargs: dict = {}
-    adopted_first_stage: dict | None = None
-    teacher_cfg = cfg.get("teacher")
-    if loss_needs_teacher(cfg.loss):
-        teacher = build_teacher(teacher_cfg)
-        if teacher is None:
-            raise ConfigError(
-                f"loss={cfg.loss._target_.rsplit('.', 1)[-1]} distils from a teacher, but there is none (teacher=none). Add "
-                "teacher=checkpoint teacher.ckpt_path=PATH (a run of this framework) or "
-                "teacher=diffusers teacher.path=DIR_OR_HUB_ID, or use loss=denoising"
-            )
-        if teacher.first_stage is not None and is_identity(first_stage):
-            # The student lives in the teacher's latent space unless told otherwise.
-            log.info("using the teacher's autoencoder as the first stage: %s", teacher.first_stage.describe())
-            first_stage = teacher.first_stage
-            adopted_first_stage = teacher.first_stage_config
-        check_teacher_fits(teacher, net, diffusion)
-        loss_kwargs = {"teacher": teacher, "student": net}
-    elif teacher_cfg is not None and "_target_" in teacher_cfg:
-        log.warning(
-            "teacher=%s is configured but loss=%s does not use it; not loading it",
-            teacher_cfg._target_,
-            cfg.loss._target_,
-        )
-
-    loss = hydra.utils.instantiate(cfg.loss, diffusion=diffusion, **loss_kwargs)
-    sampler = build_sampler(cfg.sampler, diffusion)
-    module = hydra.utils.instantiate(
-        cfg.module, net=net, diffusion=diffusion, loss=loss, sampler=sampler, first_stage=first_stage
-    )
-    # Set after instantiation: Hydra would try to instantiate the _target_ keys inside it.
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)
-    if adopted_first_stage is not None:
-        # Record the teacher's autoencoder as this run's own, so the checkpoint decodes by itself.
-        module.run_config["autoencoder"] = adopted_first_stage
-    return module
 
 
 def check_data_fits_model(
