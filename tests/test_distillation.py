@@ -271,6 +271,15 @@ def test_framework_checkpoint_teacher_round_trip(train_cfg, tmp_path: Path) -> N
     teacher_ckpt = Path(teacher_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     teacher = checkpoint_teacher(str(teacher_ckpt))
     assert teacher.input_shape == (1, 32, 32) and teacher.diffusion.describe()["schedule"] == "linear"
+    # teacher.torch_dtype=bfloat16: a bf16 network that still answers in the student's float32
+    bf16 = checkpoint_teacher(str(teacher_ckpt), torch_dtype="bfloat16")
+    assert next(bf16.net.parameters()).dtype == torch.bfloat16
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([10, 500])
+    full, half = teacher(x, t), bf16(x, t)
+    assert half.dtype == torch.float32
+    assert (half - full).abs().max() <= 0.05 * full.abs().max() + 1e-3
+    with pytest.raises(ValueError, match="teacher.torch_dtype='int8' is not a floating torch dtype"):
+        checkpoint_teacher(str(teacher_ckpt), torch_dtype="int8")
     overrides = ["debug=tiny", f"data.root={teacher_cfg.data.root}", "data.download=false", "logger=csv"]
     overrides += ["callbacks.progress=null", "loss=spectral_distill", "teacher=checkpoint"]
     cfg = compose_config("train", tmp_path / "student", overrides + [f"teacher.ckpt_path={teacher_ckpt}"])

@@ -99,3 +99,45 @@ def test_seeded_samples_do_not_depend_on_the_device(sampler_cls):
     generators = [torch.Generator().manual_seed(i) for i in range(3)]
     on_cuda = sample(net.cuda(), sampler, (3, 3, 32, 32), generators, "cuda").cpu()
     assert relative_error(on_cuda, on_cpu) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_wavelet_gating_on_cuda_equals_the_reference_path(dtype):
+    from spectral_diffusion.networks.wavelet_gating import WaveletGatedDownsample, WaveletGatedUpsample
+
+    tolerance = {torch.float32: 1e-5, torch.bfloat16: 3e-2}[dtype]
+    for layer_class in (WaveletGatedDownsample, WaveletGatedUpsample):
+        torch.manual_seed(0)
+        layer = layer_class(32, 64).cuda().to(dtype)
+        x = torch.randn(4, 32, 16, 16, device="cuda", dtype=dtype).contiguous(memory_format=torch.channels_last)
+        emb = torch.randn(4, 64, device="cuda", dtype=dtype)
+        fused = layer(x, emb)
+        layer.fused = False
+        reference = layer(x, emb)
+        scale = reference.abs().max()
+        assert ((fused - reference).abs().max() / scale).item() <= tolerance
+
+
+@pytest.mark.parametrize("mode", ["whole", "regional"])
+def test_compiled_network_on_cuda_equals_eager_in_bf16(mode):
+    from spectral_diffusion.networks.compilation import compile_network
+
+    net = wavelet_gated_unet(num_classes=None).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
+    t = torch.randint(0, 1000, (8,), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+        eager = net(x, t).float()
+        compile_network(net, mode)
+        compiled = net(x, t).float()
+    assert ((compiled - eager).abs().max() / eager.abs().max()).item() < 3e-2
+
+
+def test_counter_noise_is_drawn_on_the_gpu_and_matches_the_cpu_stream():
+    from spectral_diffusion.diffusion.noise import CounterNoise, counter_bits
+
+    indices = torch.arange(256)
+    assert torch.equal(counter_bits(5, indices.cuda(), 3, 4096).cpu(), counter_bits(5, indices, 3, 4096))
+    on_gpu = CounterNoise(5, range(256), draw=3).randn((256, 4, 32, 32), device="cuda")
+    on_cpu = CounterNoise(5, range(256), draw=3).randn((256, 4, 32, 32))
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu, rtol=1e-6, atol=1e-6)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from spectral_diffusion.diffusion import ClassifierFreeGuidance, DDIMSampler, GaussianDiffusion, sample
+from spectral_diffusion.diffusion.noise import CounterNoise
 from spectral_diffusion.evaluation.frechet import FeatureStatistics
 from spectral_diffusion.evaluation.guidance_sweep import guidance_sweep, sweep_table
 from spectral_diffusion.networks.unet import UNet
@@ -65,13 +66,14 @@ def test_rows_count_calls_and_reproduce_direct_generation(setup, tmp_path):
         net,
         sampler,
         (12, *SHAPE),
-        [torch.Generator().manual_seed(i) for i in range(12)],
+        CounterNoise(0, range(12)),  # the sweep's per-sample streams (seed 0)
         class_labels=labels,
         guidance=ClassifierFreeGuidance(scale=3.0),
     ).clamp(-1, 1)
     expected_fd = FeatureStatistics(extractor=TinyExtractor.identity).update(TinyExtractor()(images))
     full = rows[-1]
-    assert full["fd"] == pytest.approx(expected_fd.frechet_distance(reference), rel=1e-6)
+    # batches of 5 against one of 12: the network rounds differently, the noise is the same
+    assert full["fd"] == pytest.approx(expected_fd.frechet_distance(reference), rel=2e-5)
     with torch.no_grad():
         accuracy = (classifier(images).argmax(1) == labels).float().mean().item()
     assert full["class_accuracy"] == pytest.approx(accuracy)

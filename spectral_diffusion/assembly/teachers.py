@@ -4,23 +4,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from spectral_diffusion.assembly.load import load_run
 from spectral_diffusion.bundles import load_diffusers_bundle
 from spectral_diffusion.teachers import Teacher
 
 
-def checkpoint_teacher(ckpt_path: str, use_ema: bool = True) -> Teacher:
+def checkpoint_teacher(ckpt_path: str, use_ema: bool = True, torch_dtype: str | None = None) -> Teacher:
     """A ``train.py`` checkpoint (e.g. an ``ldm_*`` or ``fmnist_base`` run) as a teacher, EMA weights by default.
 
     Its network, diffusion process and first stage are rebuilt from the checked stored config
-    (``load.py: load_run``).
+    (``load.py: load_run``). ``torch_dtype`` (e.g. ``bfloat16``) keeps the teacher's network in that
+    dtype: half the memory and, on GPUs, faster forward passes; it still answers in the student's dtype.
     """
     if Path(ckpt_path).expanduser().is_dir():
         raise ValueError(
             f"teacher.ckpt_path={ckpt_path} is a directory; for a diffusers model use teacher=diffusers "
             f"teacher.path={ckpt_path}"
         )
-    return Teacher(load_run(ckpt_path, use_ema=use_ema))
+    bundle = load_run(ckpt_path, use_ema=use_ema)
+    if torch_dtype:
+        dtype = getattr(torch, str(torch_dtype), None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"teacher.torch_dtype={torch_dtype!r} is not a floating torch dtype; use e.g. bfloat16")
+        bundle.network.to(dtype)
+    return Teacher(bundle)
 
 
 def diffusers_teacher(

@@ -8,7 +8,8 @@ difference is that when ``clip_sample`` is on, DDIM recomputes eps from the clip
 ``use_clipped_model_output=True``), which keeps the update consistent.
 
 :func:`sample` runs the whole reverse process for a network, with classifier-free guidance
-(``guidance.py``) if asked. Noise comes from one generator or from one generator per sample.
+(``guidance.py``) if asked. Noise comes from one generator, from one generator per sample, or from
+per-sample counter-based streams on the device (``noise.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance, call_denoiser, check_class_labels
+from spectral_diffusion.diffusion.noise import CounterNoise
 from spectral_diffusion.diffusion.process import GaussianDiffusion
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
@@ -27,8 +29,9 @@ TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 #: ``(x_t, t, class_labels) -> model output``; a network, or a wrapper such as guidance.
 Denoiser = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 
-#: Where noise comes from: one generator for the batch, None (the global RNG), or one per sample.
-Generators = torch.Generator | Sequence[torch.Generator] | None
+#: Where noise comes from: one generator for the batch, None (the global RNG), one per sample, or
+#: per-sample counter-based streams computed on the device (:class:`CounterNoise`).
+Generators = torch.Generator | Sequence[torch.Generator] | CounterNoise | None
 
 
 def spaced_timesteps(num_train_timesteps: int, num_inference_steps: int, spacing: str = "leading") -> torch.Tensor:
@@ -124,7 +127,10 @@ def randn(
     depends only on its own seed and not on the batch it is generated in (as diffusers'
     ``randn_tensor`` does). Draws happen on each generator's own device (the CPU for the usual
     seeded generators) and are then moved, so a CPU seed gives the same noise on any accelerator.
+    A :class:`CounterNoise` computes each row's next draw from its (seed, index) on ``device`` itself.
     """
+    if isinstance(generator, CounterNoise):
+        return generator.randn(tuple(shape), device, dtype)
     if generator is None or isinstance(generator, torch.Generator):
         draw_device = generator.device if generator is not None else torch.device("cpu")
         return torch.randn(tuple(shape), generator=generator, device=draw_device, dtype=dtype).to(device)
@@ -177,11 +183,53 @@ class DDPMSampler(Sampler):
 
 
 class DDIMSampler(Sampler):
-    """DDIM (Song et al.): deterministic at ``eta=0``, DDPM-like noise at ``eta=1``."""
+    """DDIM (Song et al.): deterministic at ``eta=0``, DDPM-like noise at ``eta=1``.
 
-    def __init__(self, diffusion: GaussianDiffusion, eta: float = 0.0, **kwargs) -> None:
+    Each step goes from ``t`` to ``t - T // steps``, whatever the spacing, as diffusers'
+    ``DDIMScheduler.step`` does; for ``leading`` and ``trailing`` spacing that is the next visited
+    timestep, for ``linspace`` it is not (the visited timesteps are ``(T-1)/(steps-1)`` apart), and
+    diffusers' rule is what this sampler follows, so its trajectories equal diffusers' for every spacing.
+
+    Args:
+        eta: the noise scale (0: deterministic).
+        steps_offset: added to the ``leading`` timesteps (diffusers' ``steps_offset``); CompVis'
+            LDM DDIM grid is ``steps_offset=1``: timesteps 1, 1 + T/n, ..., as their
+            ``make_ddim_timesteps`` makes them.
+        set_alpha_to_one: alpha_bar after the last step is 1 (``true``), or ``alphas_cumprod[0]``,
+            CompVis' final alpha (diffusers' ``set_alpha_to_one=False``).
+    """
+
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        eta: float = 0.0,
+        steps_offset: int = 0,
+        set_alpha_to_one: bool = True,
+        **kwargs,
+    ) -> None:
         self.eta = eta
+        self.steps_offset = int(steps_offset)
+        self.set_alpha_to_one = bool(set_alpha_to_one)
         super().__init__(diffusion, **kwargs)
+
+    def set_timesteps(self, num_inference_steps: int) -> None:
+        super().set_timesteps(num_inference_steps)
+        if self.steps_offset and self.timestep_spacing == "leading":
+            last = int(self.timesteps[0]) + self.steps_offset
+            if last >= self.diffusion.num_timesteps:
+                raise ValueError(
+                    f"steps_offset={self.steps_offset} puts the first of {num_inference_steps} steps at t={last}, "
+                    f"past the last training timestep {self.diffusion.num_timesteps - 1}; use fewer steps or no offset"
+                )
+            self.timesteps = self.timesteps + self.steps_offset
+        stride = self.diffusion.num_timesteps // num_inference_steps
+        self._previous = {t: t - stride for t in self.timesteps.tolist()}
+
+    def _alpha_bars(self, timestep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a_t, a_prev = super()._alpha_bars(timestep)
+        if self.previous_timestep(timestep) < 0 and not self.set_alpha_to_one:
+            a_prev = self.diffusion.alphas_cumprod[0].to(torch.float64)
+        return a_t, a_prev
 
     def step(self, model_output, timestep, sample, generator=None):
         a_t, a_prev = self._alpha_bars(timestep)
@@ -355,7 +403,7 @@ def sample(
         context = context.to(device)
     if uncond_context is not None:
         uncond_context = uncond_context.to(device)
-    x = noise if noise is not None else randn(shape, generator, dtype=dtype)
+    x = noise if noise is not None else randn(shape, generator, device, dtype)
     x = x.to(device=device, dtype=dtype)
     sampler.reset()
     timesteps = sampler.timesteps.tolist()

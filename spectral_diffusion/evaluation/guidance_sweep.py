@@ -2,8 +2,8 @@
 
 For each cut-off ``truncate_after`` (the fraction of the sampling steps that run classifier-free
 guidance; after it one network call per step), :func:`guidance_sweep` generates the same
-class-balanced samples (sample ``i`` has class ``i % num_classes`` and its own generator seeded
-``seed + i``, so every cut-off sees the same noise and labels), times the generation, and measures
+class-balanced samples (sample ``i`` has class ``i % num_classes`` and its own noise stream
+of ``(seed, i)``, so every cut-off sees the same noise and labels), times the generation, and measures
 
 - ``fd``: the Fréchet distance of the samples' features to reference statistics (FID with
   Inception features; FD with the offline Fashion-MNIST classifier's);
@@ -35,7 +35,7 @@ from torch import nn
 from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance
 from spectral_diffusion.diffusion.samplers import Sampler, sample
 from spectral_diffusion.evaluation.frechet import FeatureStatistics
-from spectral_diffusion.evaluation.generation import sample_generators, sample_labels
+from spectral_diffusion.evaluation.generation import sample_labels, sample_noise
 from spectral_diffusion.evaluation.throughput import synchronize
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def _generate_batch(
         denoiser,
         sampler,
         (len(indices), *shape),
-        sample_generators(seed, indices),
+        sample_noise(seed, indices),
         device,
         class_labels=labels.to(device),
         guidance=guidance,

@@ -209,7 +209,9 @@ class UNet(nn.Module):
 
     def embed(self, timesteps: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         """The embedding that conditions every block: timestep plus (optional) class."""
-        emb = self.time_embed(timestep_embedding(timesteps, self.base_channels))
+        # In the weights' dtype: a network kept in bfloat16 (a frozen teacher) takes float32 sinusoids badly.
+        sinusoids = timestep_embedding(timesteps, self.base_channels).to(self.time_embed[0].weight.dtype)
+        emb = self.time_embed(sinusoids)
         if self.class_embed is not None:
             if class_labels is None:
                 class_labels = torch.full_like(timesteps, self.num_classes, dtype=torch.long)

@@ -21,6 +21,11 @@ Unknowns of the paper, and the defaults chosen here (all configurable):
 - the wavelet: Haar (``wavelet=``, any PyWavelets name);
 - the FFN width: ``channels // reduction`` hidden units with ``reduction=4`` (at least 8);
 - whether the gates see the timestep embedding: off (``timestep_gates=true`` adds it).
+
+For Haar, both layers run fused (``networks/haar_gating.py``): WG-Down as one per-sample
+depthwise 2x2 stride-2 filter, WG-Up as one per-sample folded projection and a pixel shuffle, so
+the four sub-bands are never written. ``layer.fused = False`` selects the reference path through
+:class:`DWT2` / :class:`IDWT2`, which the tests compare it with; other wavelets always take it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spectral_diffusion.networks.haar_gating import haar_gated_downsample, haar_gated_upsample
 from spectral_diffusion.networks.resampling import register_downsample, register_upsample
 from spectral_diffusion.networks.wavelets import DWT2, IDWT2
 
@@ -73,6 +79,18 @@ class _WaveletGated(nn.Module):
         self.channels = channels
         self.wavelet = wavelet
         self.gate = WaveletGate(channels, channels, reduction, emb_channels if timestep_gates else None)
+        self._fused = wavelet == "haar"
+
+    @property
+    def fused(self) -> bool:
+        """Whether the fused Haar path runs (the default for Haar) instead of the band-by-band one."""
+        return self._fused
+
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        if value and self.wavelet != "haar":
+            raise ValueError(f"the fused wavelet gating exists for Haar only; this layer uses {self.wavelet!r}")
+        self._fused = bool(value)
 
     def gates(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         """The gates ``(N, 4, C, 1, 1)`` in (0, 1), bands ordered LL, LH, HL, HH."""
@@ -90,8 +108,10 @@ class WaveletGatedDownsample(_WaveletGated):
     def forward(
         self, x: torch.Tensor, emb: torch.Tensor | None = None, gates: torch.Tensor | None = None
     ) -> torch.Tensor:
-        bands = self.dwt(x)  # (N, 4, C, H/2, W/2)
         gates = self.gates(x, emb) if gates is None else gates
+        if self._fused:
+            return haar_gated_downsample(x, gates)
+        bands = self.dwt(x)  # (N, 4, C, H/2, W/2)
         return (gates.to(bands.dtype) * bands).sum(dim=1)
 
 
@@ -107,6 +127,8 @@ class WaveletGatedUpsample(_WaveletGated):
     def forward(
         self, x: torch.Tensor, emb: torch.Tensor | None = None, gates: torch.Tensor | None = None
     ) -> torch.Tensor:
-        bands = self.proj(x).unflatten(1, (NUM_BANDS, self.channels))  # (N, 4, C, H, W)
         gates = self.gates(x, emb) if gates is None else gates
+        if self._fused:
+            return haar_gated_upsample(x, gates, self.proj.weight, self.proj.bias)
+        bands = self.proj(x).unflatten(1, (NUM_BANDS, self.channels))  # (N, 4, C, H, W)
         return self.idwt(gates.to(bands.dtype) * bands)

@@ -25,6 +25,7 @@ from torch import nn
 
 from spectral_diffusion.diffusion.process import GaussianDiffusion
 from spectral_diffusion.diffusion.samplers import Sampler, sample
+from spectral_diffusion.networks.compilation import compile_mode, compile_network
 from spectral_diffusion.training.conditioning import check_dropout, prepare_condition
 from spectral_diffusion.utils.checkpoint import METADATA_KEY
 from spectral_diffusion.utils.shared import SharedRef
@@ -109,8 +110,12 @@ class DiffusionModule(L.LightningModule):
             context_mask])`` of a network with ``context_dim``).
         non_finite_loss: ``stop`` raises on a NaN/inf training loss (the last checkpoint stays the
             last good state); ``skip`` drops that optimizer step (all ranks agree) and goes on.
-        compile_network: ``torch.compile`` the network's forward at the start of fitting (the
-            state_dict keys do not change, so checkpoints are the same either way).
+        compile_network: ``torch.compile`` the network at the start of fitting: ``false``, ``true``
+            (the whole forward) or ``regional`` (each repeated block on its own, a far shorter
+            warm-up; ``networks/compilation.py``). The state_dict keys do not change, so
+            checkpoints are the same either way.
+        compile_teacher: the same for the frozen teacher of a distillation loss (its forward under
+            ``no_grad`` is a third of a distillation step).
     """
 
     def __init__(
@@ -128,7 +133,8 @@ class DiffusionModule(L.LightningModule):
         label_dropout: float = 0.0,
         context_dropout: float = 0.0,
         non_finite_loss: str = "stop",
-        compile_network: bool = False,
+        compile_network: bool | str = False,
+        compile_teacher: bool | str = False,
     ) -> None:
         super().__init__()
         self.net = net
@@ -151,7 +157,11 @@ class DiffusionModule(L.LightningModule):
                 f"module.non_finite_loss={non_finite_loss!r} must be one of {', '.join(NON_FINITE_POLICIES)}"
             )
         self.non_finite_loss = non_finite_loss
-        self.compile_network = bool(compile_network)
+        self.compile_network = compile_mode(compile_network)
+        self.compile_teacher = compile_mode(compile_teacher)
+        if channels_last and self.teacher is not None:
+            # The frozen teacher runs in the student's layout: no layout copies at its input.
+            self.teacher.net.to(memory_format=torch.channels_last)
         self._non_finite_in_step = False  # a micro-batch of the current optimizer step had a NaN/inf loss
         self.skipped_steps = 0
 
@@ -264,8 +274,9 @@ class DiffusionModule(L.LightningModule):
         return optimizer.step(closure=lambda: result)
 
     def on_fit_start(self) -> None:
-        if self.compile_network:
-            self.net.compile()  # in place: parameters and state_dict keys stay as they are
+        compile_network(self.net, self.compile_network)  # in place: state_dict keys stay as they are
+        if self.teacher is not None:
+            compile_network(self.teacher.net, self.compile_teacher)
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         # Fixed per-batch randomness: validation losses of different steps are comparable.
