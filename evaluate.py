@@ -33,7 +33,7 @@ from spectral_diffusion.diffusion.guidance import ClassifierFreeGuidance
 from spectral_diffusion.evaluation import spectral_report
 from spectral_diffusion.evaluation.distributed import world
 from spectral_diffusion.evaluation.extractors import build_feature_extractor
-from spectral_diffusion.evaluation.generation import generate
+from spectral_diffusion.evaluation.generation import NOISE_KINDS, describe_noise, generate
 from spectral_diffusion.evaluation.guidance_sweep import guidance_sweep
 from spectral_diffusion.evaluation.metrics import (
     cost_metrics,
@@ -44,7 +44,7 @@ from spectral_diffusion.evaluation.metrics import (
 from spectral_diffusion.evaluation.reference import reference_features
 from spectral_diffusion.evaluation.throughput import measure_throughput
 from spectral_diffusion.utils.cli import report_user_errors, run
-from spectral_diffusion.utils.images import save_grid, to_uint8
+from spectral_diffusion.utils.images import QUANTIZATIONS, save_grid, to_uint8
 from spectral_diffusion.utils.run import git_revision, register_resolvers, task_wrapper
 
 log = logging.getLogger("evaluate")
@@ -208,13 +208,17 @@ def measure(
             guidance,
             keep_features="kid" in selected,
             grid_samples=cfg.grid_samples,
+            noise=cfg.noise,
+            quantize=cfg.quantize,
         )
         metrics.update(
             quality_metrics(generated, reference, extractor, "fid" in selected, selected.get("kid"), cfg.seed)
         )
         metrics["generation_s"] = seconds
     elif cfg.grid_samples > 0 and world()[0] == 0:
-        batches = generate(model, sampler, range(cfg.grid_samples), cfg.seed, cfg.batch_size, device, guidance)
+        batches = generate(
+            model, sampler, range(cfg.grid_samples), cfg.seed, cfg.batch_size, device, guidance, noise=cfg.noise
+        )
         grid = torch.cat([images.cpu() for _, images in batches])
     if grid is not None and world()[0] == 0:
         metrics["samples_png"] = str(save_grid(grid, output_dir / f"{prefix}samples.png", scale=2))
@@ -284,7 +288,9 @@ def protocol(cfg: DictConfig, model: ModelBundle, reference_cache: dict[str, Any
         "guidance_scale": float(cfg.guidance.scale) if cfg.get("guidance") is not None else 1.0,
         "guidance": OmegaConf.to_container(cfg.guidance, resolve=True) if cfg.get("guidance") is not None else None,
         "seed": int(cfg.seed),
-        "seeding": "sample i: torch.Generator().manual_seed(seed + i) for its initial and sampler noise",
+        "noise": str(cfg.noise),
+        "quantize": str(cfg.quantize),
+        "seeding": describe_noise(cfg.noise),
         "batch_size": int(cfg.batch_size),
         "world_size": world()[1],
         "device": str(device),
@@ -312,13 +318,14 @@ def protocol(cfg: DictConfig, model: ModelBundle, reference_cache: dict[str, Any
 class GeneratedImageFeatures(torch.nn.Module):
     """The extractor applied to generated images as to real ones: quantised to uint8 first."""
 
-    def __init__(self, extractor: torch.nn.Module) -> None:
+    def __init__(self, extractor: torch.nn.Module, quantize: str = "round") -> None:
         super().__init__()
         self.extractor = extractor
         self.identity = extractor.identity
+        self.quantize = quantize
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.extractor(to_uint8(images))
+        return self.extractor(to_uint8(images, self.quantize))
 
 
 def run_guidance_sweep(cfg: DictConfig, device: torch.device, output_dir: Path) -> dict[str, Any]:
@@ -349,7 +356,7 @@ def run_guidance_sweep(cfg: DictConfig, device: torch.device, output_dir: Path) 
         build_sampler(cfg.sampler, model.diffusion),
         model.shape,
         model.num_classes,
-        GeneratedImageFeatures(extractor),
+        GeneratedImageFeatures(extractor, cfg.quantize),
         reference.stats,
         classifier,
         cutoffs=list(cfg.sweep.cutoffs),
@@ -373,6 +380,10 @@ def run_guidance_sweep(cfg: DictConfig, device: torch.device, output_dir: Path) 
 @task_wrapper
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run the evaluation described by ``cfg`` and return the metrics written to ``metrics.json``."""
+    if cfg.quantize not in QUANTIZATIONS:
+        raise ConfigError(f"quantize={cfg.quantize!r} must be one of {', '.join(QUANTIZATIONS)}")
+    if cfg.noise not in NOISE_KINDS:
+        raise ConfigError(f"noise={cfg.noise!r} must be one of {', '.join(NOISE_KINDS)}")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)

@@ -9,6 +9,7 @@ configured loss (spectral_diffusion/losses/).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -248,8 +249,10 @@ def train(cfg: DictConfig) -> float | None:
     if trainer.is_global_zero:
         write_run_record(cfg, cfg.paths.output_dir)
     log_config(trainer, cfg)
+    fit_start = time.perf_counter()
     with explain_out_of_memory(plan.per_device, plan.accumulate):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    fit_seconds = time.perf_counter() - fit_start
     if was_preempted(trainer):
         log.warning(
             "stopped by a preemption signal at step %d; re-run the same command (a requeued job does) to resume",
@@ -277,6 +280,9 @@ def train(cfg: DictConfig) -> float | None:
                 "params_m": count_params(net) / 1e6 if net is not None else None,
                 "global_step": int(trainer.global_step),
                 "global_batch_size": plan.global_size,
+                # this command's Trainer.fit wall time (a resumed run counts only its last part)
+                "fit_seconds": fit_seconds,
+                "resumed": bool(ckpt_path),
                 "run_dir": str(cfg.paths.output_dir),
             },
         )

@@ -1,252 +1,326 @@
-"""Small-scale reproduction of Spectral Diffusion on Fashion-MNIST: teacher vs Lite vs SD.
+"""Reproduction of Spectral Diffusion on Fashion-MNIST, by train.py and evaluate.py alone.
 
-    python scripts/reproduce.py --budget cpu            # train the three models, evaluate, write docs/results.md
-    python scripts/reproduce.py --budget cpu --ablations  # also the ablation runs that explain the result
-    python scripts/reproduce.py --budget gpu --stage eval # evaluate runs that exist, train nothing
+    python scripts/reproduce.py --budget cpu                      # teacher, Lite and SD at 4x/8x/18x
+    python scripts/reproduce.py --budget cpu --ablations          # + the ablations at 8x
+    python scripts/reproduce.py --budget cpu --stage eval         # evaluate the runs that exist
+    python scripts/reproduce.py --budget cpu --stage report       # rewrite docs/results.md from metrics.json
+    python scripts/reproduce.py --budget cpu --stage sweep        # tune the 8x SD student's recipe (Optuna)
 
-Under one budget (the same optimizer steps and batch size for every model) it trains:
+The study, under one budget (the same optimizer steps, batch size and evaluation for every model):
 
-- **teacher**: a plain UNet (``loss=denoising``);
-- **Lite**: the same UNet family narrowed to the student's GMACs: conv down-sampling, nearest+conv
-  up-sampling, no distillation (the paper's Lite-LDM);
-- **SD**: the wavelet-gated student (WG-Down / WG-Up) distilled from the teacher with the
-  spectrum-aware loss (``loss=spectral_distill``).
+- **teacher**: ``fmnist_small`` (``loss=denoising``);
+- **Lite** at three widths, about 4x, 8x and 18x fewer GMACs: the teacher's UNet narrowed, plain
+  sampling layers, no distillation (the paper's Lite-LDM);
+- **SD** at the same three costs: wavelet-gated down/up-sampling, distilled from the teacher with
+  the spectrum-aware loss (``loss=spectral_distill``);
+- ``--ablations``, at the 8x width: SD without distillation, output only, + features, + frequency
+  weights (= SD), and Lite with the full distillation loss.
 
-``--ablations`` adds SD without distillation, SD with output-only and output+feature distillation,
-and Lite with the full distillation loss, which separate the effect of the gates from the loss's.
+This script has no metric code. Each model is one ``train.py`` run and one ``evaluate.py`` run; the
+numbers in ``docs/results.md`` are read from the ``metrics.json`` that ``evaluate.py`` writes, and the
+exact ``evaluate.py`` command of every row is printed beside the table, so any number can be
+re-made by hand. Its protocol record (extractor and weights hash, quantisation, resize, samples,
+seeds and noise, sampler and steps, reference split and size, EMA weights) is the table's.
 
-Each model is evaluated with the same sampler and seed on ``--samples`` images: the Fréchet distance
-(FD) in the feature space of the offline Fashion-MNIST classifier (``scripts/train_fid_classifier.py``;
-reported as ``fd_fmnist``, not as Inception FID) against the 10k test images, params, GMACs per
-forward pass and sampling time. Results go to ``docs/results_<budget>.json``, the sample grids and
-a figure to ``docs/``, and the tables of every budget run so far to ``docs/results.md``.
-
-Every training run is an ordinary ``train.py`` run (``logs/train/repro_<budget>_<name>``): re-running
-this script resumes unfinished runs and skips finished ones.
+Training runs are ordinary, resumable ``train.py`` runs (``logs/train/<prefix>_<budget>_<name>``): a
+re-run resumes unfinished runs and skips finished ones; evaluations whose ``metrics.json`` exists
+for the same command are not repeated.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+#: Where the runs go (logs/, docs/): the repository, the working directory of every command.
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+#: Where train.py and evaluate.py are.
+CODE = Path(__file__).resolve().parents[1]
 
-from spectral_diffusion.assembly import load_run  # noqa: E402
-from spectral_diffusion.data.fashion_mnist import load_split, locate_fashion_mnist  # noqa: E402
-from spectral_diffusion.diffusion.samplers import DDIMSampler, sample  # noqa: E402
-from spectral_diffusion.evaluation.cost import count_gmacs, count_params  # noqa: E402
-from spectral_diffusion.evaluation.fmnist_classifier import DEFAULT_WEIGHTS, FMNISTFeatureExtractor  # noqa: E402
-from spectral_diffusion.evaluation.frechet import FeatureStatistics  # noqa: E402
-from spectral_diffusion.utils.checkpoint import load_checkpoint  # noqa: E402
-from spectral_diffusion.utils.images import save_grid  # noqa: E402
+#: Model family -> preset; a width is the ``model.base_channels`` of the family.
+FAMILIES = {"teacher": "fmnist_small", "lite": "fmnist_small", "sd": "fmnist_sd"}
+#: ``model.base_channels`` of each family at each cost (the teacher has 32): GMACs about 4x, 8x and
+#: 18x below the teacher's 0.249; evaluate.py measures the exact figure of each.
+WIDTHS: dict[str, dict[str, int]] = {
+    "4x": {"lite": 16, "sd": 17},
+    "8x": {"lite": 11, "sd": 12},
+    "18x": {"lite": 7, "sd": 8},
+}
 
-#: Model presets, training length and evaluation size of each budget.
+#: Training and evaluation size of each budget. ``smoke`` checks the plumbing in seconds.
 BUDGETS: dict[str, dict[str, Any]] = {
-    "cpu": {
-        "models": {"teacher": "fmnist_small", "lite": "fmnist_tiny_lite", "sd": "fmnist_tiny_sd"},
-        "steps": 2000,
-        "batch_size": 64,
-        "samples": 1000,
-        "sampler_steps": 50,
-        "trainer": "cpu",
-    },
-    "gpu": {
-        "models": {"teacher": "fmnist_base", "lite": "fmnist_lite", "sd": "fmnist_sd"},
-        "steps": 20000,
-        "batch_size": 128,
-        "samples": 10000,
-        "sampler_steps": 100,
-        "trainer": "gpu",
-    },
-}
-
-#: name -> (model role, loss config, needs the teacher). The first three are the reproduction.
-RUNS: dict[str, tuple[str, str]] = {
-    "teacher": ("teacher", "denoising"),
-    "lite": ("lite", "denoising"),
-    "sd": ("sd", "spectral_distill"),
-}
-ABLATIONS: dict[str, tuple[str, str]] = {
-    "sd_no_distill": ("sd", "denoising"),
-    "sd_distill_output": ("sd", "distill_output"),
-    "sd_distill_features": ("sd", "distill_features"),
-    "lite_spectral_distill": ("lite", "spectral_distill"),
-}
-LABELS = {
-    "teacher": "Teacher",
-    "lite": "Lite (no WG, no distillation)",
-    "sd": "SD (WG + spectrum-aware distillation)",
-    "sd_no_distill": "SD gates, no distillation",
-    "sd_distill_output": "SD gates, output-only distillation",
-    "sd_distill_features": "SD gates, output+feature distillation (no freq. term)",
-    "lite_spectral_distill": "Lite + spectrum-aware distillation",
-}
+    "cpu": {"steps": 3000, "student_steps": 3000, "batch_size": 64, "samples": 2000, "sampler_steps": 50,
+            "trainer": "cpu", "lr": 1e-3},
+    "gpu": {"steps": 20000, "student_steps": 20000, "batch_size": 128, "samples": 10000, "sampler_steps": 100,
+            "trainer": "gpu", "lr": 1e-3},
+    "smoke": {"steps": 2, "student_steps": 2, "batch_size": 8, "samples": 16, "sampler_steps": 2,
+              "trainer": "cpu", "lr": 1e-3},
+}  # fmt: skip
 
 
-#: Prefix of the run names (``--run-prefix``), e.g. to keep a smoke test apart from the real runs.
-RUN_PREFIX = ["repro"]
+@dataclass(frozen=True)
+class Run:
+    """One model of the study: its family, cost, loss and label."""
+
+    name: str
+    family: str  # teacher | lite | sd
+    width: str | None  # 4x | 8x | 18x (None: the teacher)
+    loss: str
+    label: str
+    extra: tuple[str, ...] = ()
+
+    @property
+    def distilled(self) -> bool:
+        return self.loss != "denoising"
 
 
-def run_dir(budget: str, name: str) -> Path:
-    return ROOT / "logs" / "train" / f"{RUN_PREFIX[0]}_{budget}_{name}"
+def study_runs(ablations: bool) -> list[Run]:
+    """The teacher first (the distilled runs need it), then the widths, then the ablations."""
+    runs = [Run("teacher", "teacher", None, "denoising", "Teacher")]
+    for width in WIDTHS:
+        runs.append(Run(f"lite_{width}", "lite", width, "denoising", f"Lite {width}"))
+        runs.append(
+            Run(f"sd_{width}", "sd", width, "spectral_distill", f"SD {width} (WG + spectrum-aware distillation)")
+        )
+    if ablations:
+        runs += [
+            Run("sd_8x_no_distill", "sd", "8x", "denoising", "SD 8x gates, no distillation"),
+            Run("sd_8x_output", "sd", "8x", "distill_output", "SD 8x gates, output-only distillation"),
+            Run("sd_8x_features", "sd", "8x", "distill_features", "SD 8x gates, output + features (no freq. term)"),
+            Run("lite_8x_distill", "lite", "8x", "spectral_distill", "Lite 8x + spectrum-aware distillation"),
+        ]
+    return runs
 
 
-def train_run(budget: str, name: str, role: str, loss: str, extra: list[str]) -> Path:
-    """Train (or resume, or skip if finished) one model through train.py; returns its last.ckpt."""
+# -- commands -------------------------------------------------------------------------------------
+def run_name(prefix: str, budget: str, run: Run) -> str:
+    return f"{prefix}_{budget}_{run.name}"
+
+
+def train_dir(prefix: str, budget: str, run: Run) -> Path:
+    return ROOT / "logs" / "train" / run_name(prefix, budget, run)
+
+
+def model_overrides(run: Run) -> list[str]:
+    overrides = [f"model={FAMILIES[run.family]}"]
+    if run.width is not None:
+        # Two heads at every width: the narrow levels keep attention (channels // 2 per head).
+        overrides += [f"model.base_channels={WIDTHS[run.width][run.family]}", "++model.num_heads=2"]
+    return overrides
+
+
+def train_command(prefix: str, budget: str, run: Run) -> list[str]:
+    """``train.py`` with the budget's settings; distilled runs read the teacher's last checkpoint."""
     spec = BUDGETS[budget]
-    ckpt = run_dir(budget, name) / "checkpoints" / "last.ckpt"
-    if ckpt.is_file() and load_checkpoint(ckpt, mmap=True).get("global_step", 0) >= spec["steps"]:
-        print(f"[{name}] finished already: {ckpt}")
-        return ckpt
-    every = max(spec["steps"] // 3, 1)
+    steps = spec["steps"] if run.family == "teacher" else spec["student_steps"]
+    every = max(steps // 4, 1)
     command = [
-        sys.executable,
-        str(ROOT / "train.py"),
-        f"run_name={run_dir(budget, name).name}",
-        f"model={spec['models'][role]}",
-        "diffusion=ddpm_linear",
-        f"loss={loss}",
+        "train.py",
+        "experiment=fmnist_quickstart",
+        f"run_name={run_name(prefix, budget, run)}",
+        *model_overrides(run),
+        f"loss={run.loss}",
         f"trainer={spec['trainer']}",
-        f"trainer.max_steps={spec['steps']}",
+        f"trainer.max_steps={steps}",
         f"trainer.val_check_interval={every}",
         f"data.batch_size={spec['batch_size']}",
+        f"module.optimizer.lr={spec['lr']}",
         f"callbacks.model_checkpoint.every_n_train_steps={every}",
         f"callbacks.sample_grid.every_n_steps={every}",
-        "callbacks.progress=null",
         "logger=csv",
-        *extra,
+        *run.extra,
     ]
-    if loss != "denoising":
-        teacher_ckpt = run_dir(budget, "teacher") / "checkpoints" / "last.ckpt"
-        command += ["teacher=checkpoint", f"teacher.ckpt_path={teacher_ckpt}"]
-    log_file = run_dir(budget, name).with_suffix(".log")
+    if run.distilled:
+        teacher = train_dir(prefix, budget, study_runs(False)[0]) / "checkpoints" / "last.ckpt"
+        command += ["teacher=checkpoint", f"teacher.ckpt_path={teacher}"]
+    return command
+
+
+#: Extra evaluate.py overrides (``--eval-overrides``), e.g. ``metrics.fid.weights_path=FILE``.
+EVAL_OVERRIDES: list[str] = []
+
+
+def evaluate_command(prefix: str, budget: str, run: Run) -> list[str]:
+    """The one protocol: ``evaluate.py`` on the run's last checkpoint (EMA weights)."""
+    spec = BUDGETS[budget]
+    ckpt = train_dir(prefix, budget, run) / "checkpoints" / "last.ckpt"
+    return [
+        "evaluate.py",
+        f"ckpt_path={ckpt}",
+        f"run_name={run_name(prefix, budget, run)}",
+        "metrics=[fid,macs,params,throughput]",
+        "metrics.fid.feature_extractor=fmnist_classifier",
+        f"num_samples={spec['samples']}",
+        f"sampler.steps={spec['sampler_steps']}",
+        "sampler.eta=1.0",
+        "seed=0",
+        "use_ema=true",
+        f"batch_size={min(250, spec['samples'])}",
+        "grid_samples=64",
+        *EVAL_OVERRIDES,
+    ]
+
+
+def shown(command: list[str]) -> str:
+    return "python " + " ".join(shlex.quote(part) for part in command)
+
+
+def call(command: list[str], log_file: Path) -> None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[{name}] training: {' '.join(command[2:])}\n[{name}] log: {log_file}", flush=True)
-    start = time.perf_counter()
+    print(f"$ {shown(command)}\n  log: {log_file}", flush=True)
     with open(log_file, "a") as log:
-        result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        script = str(CODE / command[0])
+        result = subprocess.run([sys.executable, script, *command[1:]], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
-        raise SystemExit(f"[{name}] train.py failed (exit {result.returncode}); see {log_file}")
-    print(f"[{name}] trained in {time.perf_counter() - start:.0f} s", flush=True)
-    return ckpt
+        raise SystemExit(f"{command[0]} failed (exit {result.returncode}); see {log_file}")
 
 
-def reference_statistics(extractor: FMNISTFeatureExtractor, cache: Path) -> FeatureStatistics:
-    """Feature statistics of the 10k Fashion-MNIST test images (cached)."""
-    if cache.is_file():
-        return FeatureStatistics.load(cache)
-    images, _ = load_split(locate_fashion_mnist(None, download=False, download_dir=None), "test")
-    # Named after the weights' hash: statistics of another classifier are refused, never compared.
-    stats = FeatureStatistics(extractor=extractor.identity, metadata={"reference": "fashion_mnist test (10k)"})
-    stats.update(extractor(pad_images(images)))
-    stats.save(cache)
-    return stats
+# -- stages ---------------------------------------------------------------------------------------
+def finished(metrics_file: Path, steps: int) -> bool:
+    if not metrics_file.is_file():
+        return False
+    return json.loads(metrics_file.read_text()).get("global_step", 0) >= steps
 
 
-def pad_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float (N, 1, 32, 32) in [-1, 1], padded with the background, as the DataModule does."""
-    return torch.nn.functional.pad(images.float().div(127.5).sub(1.0)[:, None], (2, 2, 2, 2), value=-1.0)
-
-
-def load_trained(budget: str, name: str) -> tuple[torch.nn.Module, Any, dict[str, Any], int]:
-    """The EMA network of a finished run (through the one loader, ``assembly.load_run``), its sampler,
-    config and step."""
+def train_stage(prefix: str, budget: str, runs: list[Run]) -> None:
     spec = BUDGETS[budget]
-    bundle = load_run(run_dir(budget, name) / "checkpoints" / "last.ckpt")
-    sampler = DDIMSampler(bundle.diffusion, steps=spec["sampler_steps"], eta=1.0)
-    return bundle.network, sampler, bundle.config, bundle.global_step
+    for run in runs:
+        steps = spec["steps"] if run.family == "teacher" else spec["student_steps"]
+        out = train_dir(prefix, budget, run)
+        if finished(out / "metrics.json", steps):
+            print(f"[{run.name}] finished already: {out}")
+            continue
+        start = time.perf_counter()
+        call(train_command(prefix, budget, run), out.with_suffix(".log"))
+        print(f"[{run.name}] trained in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def evaluate_run(
-    budget: str, name: str, preset: str, extractor: FMNISTFeatureExtractor, reference: FeatureStatistics
-) -> dict[str, Any]:
-    """FD of ``samples`` images made with the EMA weights, plus cost (cached per run and protocol)."""
+def evaluation_dir(prefix: str, budget: str, run: Run) -> Path:
+    return ROOT / "logs" / "evaluate" / run_name(prefix, budget, run)
+
+
+def evaluate_stage(prefix: str, budget: str, runs: list[Run]) -> None:
+    for run in runs:
+        if not (train_dir(prefix, budget, run) / "checkpoints" / "last.ckpt").is_file():
+            print(f"[{run.name}] no checkpoint yet, skipped")
+            continue
+        command = evaluate_command(prefix, budget, run)
+        out = evaluation_dir(prefix, budget, run)
+        done = out / "metrics.json"
+        stamp = out / "reproduce_command.txt"
+        if done.is_file() and stamp.is_file() and stamp.read_text() == shown(command):
+            print(f"[{run.name}] evaluated already: {done}")
+            continue
+        done.unlink(missing_ok=True)
+        call(command, out.with_suffix(".log"))
+        stamp.write_text(shown(command))
+
+
+def sweep_command(prefix: str, budget: str, trials: int) -> list[str]:
+    """Optuna over the 8x SD student's recipe (lr, EMA, lambda_s, lambda_f, alpha) within the budget."""
     spec = BUDGETS[budget]
-    net, sampler, config, step = load_trained(budget, name)
-    protocol = {"samples": spec["samples"], "sampler_steps": spec["sampler_steps"], "global_step": step}
-    cache = run_dir(budget, name) / "reproduce_eval.json"
-    if cache.is_file() and json.loads(cache.read_text()).get("protocol") == protocol:
-        return json.loads(cache.read_text())["row"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net.to(device)
-    shape = (net.in_channels, net.image_size, net.image_size)
-    generated = FeatureStatistics(extractor=extractor.identity)
-    batch, images_kept = 250, None
-    for first in range(0, spec["samples"], batch):
-        n = min(batch, spec["samples"] - first)
-        # One seed per batch start: the same noise for every model, so grids are comparable.
-        images = sample(net, sampler, (n, *shape), torch.Generator().manual_seed(first), device).clamp(-1, 1)
-        generated.update(extractor(images.cpu()))
-        images_kept = images[:64].cpu() if images_kept is None else images_kept
-    grid = save_grid(images_kept, ROOT / "docs" / f"results_{budget}_{name}.png", scale=2)
-    row = {
-        "name": name,
-        "label": LABELS[name],
-        "preset": preset,
-        "params_m": count_params(net) / 1e6,
-        "gmacs": count_gmacs(net.cpu(), shape, False),
-        "fd_fmnist": generated.frechet_distance(reference),
-        "samples": spec["samples"],
-        "global_step": step,
-        "grid": str(grid.relative_to(ROOT)),
+    run = next(r for r in study_runs(False) if r.name == "sd_8x")
+    teacher = train_dir(prefix, budget, study_runs(False)[0]) / "checkpoints" / "last.ckpt"
+    steps = spec["student_steps"]
+    return [
+        "train.py",
+        "-m",
+        "experiment=fmnist_quickstart",
+        "hparams_search=fmnist_sd_distill_optuna",
+        f"hydra.sweeper.n_trials={trials}",
+        f"hydra.sweeper.study_name={prefix}_{budget}_sd_8x",
+        "+hydra.sweeper.params.callbacks.ema.decay=choice(0.99,0.995,0.999)",
+        f"run_name={prefix}_{budget}_sweep_sd_8x",
+        *model_overrides(run),
+        "loss=spectral_distill",
+        "teacher=checkpoint",
+        f"teacher.ckpt_path={teacher}",
+        f"trainer={spec['trainer']}",
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={max(steps // 4, 1)}",
+        f"data.batch_size={spec['batch_size']}",
+        f"callbacks.model_checkpoint.every_n_train_steps={max(steps // 4, 1)}",
+        "callbacks.sample_grid=null",
+        "logger=csv",
+    ]
+
+
+def read_row(prefix: str, budget: str, run: Run) -> dict[str, Any] | None:
+    """The figures of one run, as evaluate.py and train.py wrote them."""
+    done = evaluation_dir(prefix, budget, run) / "metrics.json"
+    if not done.is_file():
+        return None
+    evaluated = json.loads(done.read_text())
+    trained_file = train_dir(prefix, budget, run) / "metrics.json"
+    trained = json.loads(trained_file.read_text()) if trained_file.is_file() else {}
+    return {
+        "name": run.name,
+        "label": run.label,
+        "family": run.family,
+        "width": run.width,
+        "loss": run.loss,
+        "fd_fmnist": evaluated["fd_fmnist"],
+        "gmacs": evaluated["gmacs"],
+        "params_m": evaluated["params_m"],
+        "samples_per_s": evaluated["samples_per_s"],
+        "train_seconds": trained.get("fit_seconds"),
+        "train_resumed": trained.get("resumed"),
+        "global_step": evaluated.get("global_step"),
+        "samples_png": evaluated.get("samples_png"),
+        "protocol": evaluated["protocol"],
+        "command": shown(evaluate_command(prefix, budget, run)),
     }
-    cache.write_text(json.dumps({"protocol": protocol, "row": row}, indent=2) + "\n")
-    return row
 
 
-def time_sampling(budget: str, name: str, num_samples: int) -> float:
-    """Seconds per 1,000 samples with the budget's sampler (batch ``num_samples``, after a warm-up)."""
-    net, sampler, _, _ = load_trained(budget, name)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net.to(device)
-    shape = (num_samples, net.in_channels, net.image_size, net.image_size)
-    sample(net, sampler, (2, *shape[1:]), torch.Generator().manual_seed(0), device)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    sample(net, sampler, shape, torch.Generator().manual_seed(0), device)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / num_samples * 1000
-
-
-def data_floor(extractor: FMNISTFeatureExtractor, reference: FeatureStatistics, n: int) -> float:
-    """FD of ``n`` real training images against the test set: the best a model can score at this n."""
-    images, _ = load_split(locate_fashion_mnist(None, download=False, download_dir=None), "train")
-    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:n]
-    stats = FeatureStatistics(extractor=extractor.identity).update(extractor(pad_images(images[pick])))
-    return stats.frechet_distance(reference)
-
-
-def write_figure(budget: str, rows: list[dict[str, Any]], floor: float) -> Path:
-    """FD against GMACs (log scale) for every evaluated model."""
+def write_figure(budget: str, rows: list[dict[str, Any]]) -> Path:
+    """FD against GMACs (teacher, the Lite curve, the SD curve), and against training and sampling time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for row in rows:
-        marker = {"teacher": "s", "lite": "o", "sd": "*"}.get(row["name"], "x")
-        ax.scatter(row["gmacs"], row["fd_fmnist"], marker=marker, s=120 if marker == "*" else 60, label=row["label"])
-    ax.axhline(floor, color="grey", linestyle=":", label=f"real train images ({rows[0]['samples']})")
-    ax.set_xscale("log")
-    ax.set_xlabel("GMACs per forward pass (log scale)")
-    ax.set_ylabel("FD (Fashion-MNIST classifier features)")
-    ax.set_title(f"Fashion-MNIST, {budget} budget: quality against cost")
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), dpi=110)
+    costs = [
+        ("gmacs", "GMACs per forward pass", lambda r: r["gmacs"]),
+        ("train", "training seconds (Trainer.fit)", lambda r: r["train_seconds"]),
+        ("sample", "sampling seconds per 1k samples", lambda r: 1000 / r["samples_per_s"]),
+    ]
+    for ax, (_, xlabel, cost) in zip(axes, costs, strict=True):
+        for family, style in (("lite", "o-"), ("sd", "*-")):
+            curve = sorted(
+                (
+                    r
+                    for r in rows
+                    if r["family"] == family and r["loss"] == ("denoising" if family == "lite" else "spectral_distill")
+                ),
+                key=lambda r: r["gmacs"],
+            )
+            curve = [r for r in curve if cost(r) is not None]
+            if curve:
+                ax.plot(
+                    [cost(r) for r in curve],
+                    [r["fd_fmnist"] for r in curve],
+                    style,
+                    label={"lite": "Lite", "sd": "SD"}[family],
+                )
+        for r in rows:
+            if r["family"] == "teacher" and cost(r) is not None:
+                ax.scatter([cost(r)], [r["fd_fmnist"]], marker="s", s=80, color="k", label="teacher", zorder=3)
+            elif r["name"].startswith(("sd_8x_", "lite_8x_")) and cost(r) is not None:
+                ax.scatter([cost(r)], [r["fd_fmnist"]], marker="x", s=50, label=r["label"])
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel + " (log)")
+        ax.set_ylabel("FD (Fashion-MNIST classifier features)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Fashion-MNIST, {budget} budget: quality against cost (evaluate.py)")
     fig.tight_layout()
     path = ROOT / "docs" / f"results_{budget}.png"
     fig.savefig(path)
@@ -258,137 +332,121 @@ def write_figure(budget: str, rows: list[dict[str, Any]], floor: float) -> Path:
 HAND_WRITTEN_MARKER = "<!-- Below: sections not written by scripts/reproduce.py (kept when it rewrites the tables) -->"
 
 
-def write_markdown() -> Path:
-    """docs/results.md from every docs/results_<budget>.json present."""
+def protocol_line(protocol: dict[str, Any]) -> str:
+    keys = (
+        "feature_extractor",
+        "quantize",
+        "resize",
+        "num_samples",
+        "seed",
+        "noise",
+        "sampler",
+        "steps",
+        "eta",
+        "weights",
+    )
+    parts = [f"{k} `{protocol.get(k)}`" for k in keys]
+    ref = protocol.get("reference", {})
+    parts.append(f"reference `{ref.get('split')}` split, {ref.get('num_images')} images")
+    return ", ".join(parts)
+
+
+def write_markdown(budget: str, rows: list[dict[str, Any]], figure: Path, findings: str) -> Path:
+    teacher = next(r for r in rows if r["family"] == "teacher")
+    table = [
+        "| model | params (M) | GMACs | teacher GMACs / GMACs | FD | FD / teacher FD | train s | samples/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        train_s = (
+            f"{r['train_seconds']:.0f}" + (" (resumed)" if r["train_resumed"] else "") if r["train_seconds"] else "-"
+        )
+        table.append(
+            f"| {r['label']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | {teacher['gmacs'] / r['gmacs']:.1f}x | "
+            f"{r['fd_fmnist']:.2f} | {r['fd_fmnist'] / teacher['fd_fmnist']:.2f}x | {train_s} | {r['samples_per_s']:.1f} |"
+        )
     lines = [
-        "# Reproduction: teacher vs Lite vs SD on Fashion-MNIST",
+        f"## Budget: {budget}",
         "",
-        "Written by `python scripts/reproduce.py --budget BUDGET`. All models of a budget train for the same",
-        "number of steps at the same batch size, are sampled with the same DDIM sampler (eta 1) and seeds, and",
-        "are scored by the Fréchet distance (FD, lower is better) between the features of the generated",
-        "images and of the 10k test images, in the feature space of the offline Fashion-MNIST classifier",
-        "(`scripts/train_fid_classifier.py`). This is `fd_fmnist`, not Inception FID; the absolute values",
-        "depend on the number of samples, so compare rows of one table only. GMACs: one forward pass,",
-        "FlopCounterMode FLOPs / 2. Sampling time: seconds per 1,000 images with the budget's sampler.",
+        f"Written by `python scripts/reproduce.py --budget {budget}`. Protocol of every row (evaluate.py's "
+        f"record): {protocol_line(teacher['protocol'])}.",
+        "",
+        *table,
+        "",
+        f"![FD against GMACs, training and sampling time]({figure.name})",
+        "",
+        "Each row is re-made by its `evaluate.py` command:",
+        "",
+        "```",
+        *[r["command"] for r in rows],
+        "```",
         "",
     ]
-    for path in sorted((ROOT / "docs").glob("results_*.json")):
-        result = json.loads(path.read_text())
-        teacher = next((r for r in result["rows"] if r["name"] == "teacher"), None)
-        if teacher is None:
-            continue  # a partial evaluation (--runs without the teacher): nothing to compare against
-        lines += [f"## Budget: {result['budget']}", "", result["setup"], ""]
-        lines += [
-            "| model | params (M) | GMACs | teacher GMACs / GMACs | FD | FD / teacher FD | s / 1k samples |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in result["rows"]:
-            lines.append(
-                f"| {r['label']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | {teacher['gmacs'] / r['gmacs']:.1f}x "
-                f"| {r['fd_fmnist']:.2f} | {r['fd_fmnist'] / teacher['fd_fmnist']:.2f}x | {r.get('sampling_s_per_1k', float('nan')):.1f} |"
-            )
-        lines += [
-            "",
-            f"Real training images against the test set (the floor at {teacher['samples']} samples): FD "
-            f"{result['data_floor']:.2f}.",
-            "",
-            f"![FD against GMACs]({Path(result['figure']).name})",
-            "",
-            "Samples (same seeds for every model): "
-            + ", ".join(f"[{r['name']}]({Path(r['grid']).name})" for r in result["rows"]),
-            "",
-        ]
-        if result.get("findings"):
-            lines += ["### Findings", "", result["findings"], ""]
+    if findings:
+        lines += ["### Findings", "", findings, ""]
     out = ROOT / "docs" / "results.md"
-    # Sections written by hand (guidance truncation, inpainting) follow the marker: keep them.
-    kept = ""
-    if out.is_file() and HAND_WRITTEN_MARKER in out.read_text():
-        kept = "\n" + HAND_WRITTEN_MARKER + out.read_text().split(HAND_WRITTEN_MARKER, 1)[1]
-    out.write_text("\n".join(lines) + kept)
+    header = [
+        "# Reproduction: teacher, Lite and SD on Fashion-MNIST",
+        "",
+        "All numbers below come from `evaluate.py` (one protocol, recorded in each run's `metrics.json`);",
+        "`scripts/reproduce.py` only runs `train.py` and `evaluate.py` and collects their files.",
+        "",
+    ]
+    old = out.read_text() if out.is_file() else ""
+    kept = HAND_WRITTEN_MARKER + old.split(HAND_WRITTEN_MARKER, 1)[1] if HAND_WRITTEN_MARKER in old else ""
+    out.write_text("\n".join(header + lines) + ("\n" + kept if kept else ""))
     return out
 
 
-def main() -> None:
+def report_stage(prefix: str, budget: str, runs: list[Run], findings: str) -> None:
+    rows = [row for run in runs if (row := read_row(prefix, budget, run)) is not None]
+    if not any(r["family"] == "teacher" for r in rows):
+        raise SystemExit("no evaluated teacher yet: run --stage eval first")
+    figure = write_figure(budget, rows)
+    result = {"budget": budget, "rows": rows, "figure": str(figure.relative_to(ROOT))}
+    (ROOT / "docs" / f"results_{budget}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {write_markdown(budget, rows, figure, findings)} and {figure}")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    parser.add_argument("--stage", choices=["all", "train", "eval"], default="all")
-    parser.add_argument("--ablations", action="store_true", help="also train and evaluate the ablation runs")
-    parser.add_argument("--runs", nargs="+", help="only these runs (e.g. to train two students in parallel)")
-    parser.add_argument("--steps", type=int, help="override the budget's training steps")
-    parser.add_argument("--samples", type=int, help="override the budget's number of evaluation samples")
-    parser.add_argument("--classifier", default=str(ROOT / DEFAULT_WEIGHTS), help="FD feature extractor weights")
-    parser.add_argument(
-        "--timing-samples", type=int, default=100, help="batch of the sampling-time measurement (0: skip)"
-    )
+    parser.add_argument("--stage", choices=["all", "train", "eval", "report", "sweep"], default="all")
+    parser.add_argument("--ablations", action="store_true", help="also the ablations at the 8x width")
+    parser.add_argument("--runs", nargs="+", help="only these runs")
     parser.add_argument("--run-prefix", default="repro", help="run names are <prefix>_<budget>_<model>")
-    parser.add_argument("--findings", help="a markdown paragraph to store with the results")
-    args = parser.parse_args()
-    spec = BUDGETS[args.budget]
-    RUN_PREFIX[0] = args.run_prefix
-    if args.steps:
-        spec["steps"] = args.steps
-    if args.samples:
-        spec["samples"] = args.samples
-    runs = dict(RUNS) | (ABLATIONS if args.ablations else {})
+    parser.add_argument("--trials", type=int, default=12, help="Optuna trials of --stage sweep")
+    parser.add_argument("--findings", default="", help="a markdown paragraph for docs/results.md")
+    parser.add_argument("--eval-overrides", nargs="*", default=[], help="extra evaluate.py overrides")
+    parser.add_argument("--print-commands", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    EVAL_OVERRIDES[:] = args.eval_overrides
+    runs = study_runs(args.ablations or bool(args.runs))
     if args.runs:
-        unknown = sorted(set(args.runs) - set(RUNS) - set(ABLATIONS))
+        known = {r.name for r in runs}
+        unknown = sorted(set(args.runs) - known)
         if unknown:
-            parser.error(f"unknown runs {unknown}; choose from {sorted(RUNS) + sorted(ABLATIONS)}")
-        runs = {name: (RUNS | ABLATIONS)[name] for name in args.runs}
-
+            parser.error(f"unknown runs {unknown}; choose from {sorted(known)}")
+        runs = [r for r in runs if r.name in args.runs]
+    prefix, budget = args.run_prefix, args.budget
+    if args.print_commands:
+        for run in runs:
+            print(shown(train_command(prefix, budget, run)))
+            print(shown(evaluate_command(prefix, budget, run)))
+        return 0
+    if args.stage == "sweep":
+        call(sweep_command(prefix, budget, args.trials), ROOT / "logs" / "train" / f"{prefix}_{budget}_sweep.log")
+        sweep_dir = ROOT / "logs" / "train" / "optuna" / f"{prefix}_{budget}_sd_8x"
+        call(["scripts/pareto.py", f"dirs={sweep_dir}", "metric=val/ddpm"], sweep_dir.with_suffix(".pareto.log"))
+        return 0
     if args.stage in ("all", "train"):
-        for name, (role, loss) in runs.items():  # the teacher first: the distilled runs need it
-            train_run(args.budget, name, role, loss, [])
-    if args.stage == "train":
-        return
-
-    if not Path(args.classifier).is_file():
-        print(f"training the FD feature extractor into {args.classifier}", flush=True)
-        subprocess.run(
-            [sys.executable, str(ROOT / "scripts" / "train_fid_classifier.py"), f"output={args.classifier}"],
-            cwd=ROOT,
-            check=True,
-        )
-    extractor = FMNISTFeatureExtractor(args.classifier)
-    reference = reference_statistics(extractor, ROOT / "logs" / "repro_cache" / "fmnist_test_stats.npz")
-    rows = []
-    for name in runs:
-        if not (run_dir(args.budget, name) / "checkpoints" / "last.ckpt").is_file():
-            print(f"[{name}] no checkpoint, skipped")
-            continue
-        row = evaluate_run(args.budget, name, spec["models"][runs[name][0]], extractor, reference)
-        if args.timing_samples:
-            row["sampling_s_per_1k"] = time_sampling(args.budget, name, args.timing_samples)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    floor = data_floor(extractor, reference, spec["samples"])
-    figure = write_figure(args.budget, rows, floor)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'x86_64'})"
-    setup = (
-        f"{spec['steps']} steps of batch {spec['batch_size']} for every model (AdamW lr 1e-3, 100 warm-up steps, "
-        f"EMA 0.995), DDPM linear schedule, pixel space 1x32x32; teacher `{spec['models']['teacher']}`, Lite "
-        f"`{spec['models']['lite']}`, SD `{spec['models']['sd']}` (Haar wavelet gates, loss `spectral_distill`: "
-        f"lambda_s = lambda_f = 0.1, alpha = -1). Evaluation: {spec['samples']} samples, DDIM "
-        f"{spec['sampler_steps']} steps, eta 1, EMA weights, on {device} with {torch.get_num_threads()} threads; "
-        f"sampling time measured alone, on a batch of {args.timing_samples}."
-    )
-    result_path = ROOT / "docs" / f"results_{args.budget}.json"
-    previous = json.loads(result_path.read_text()) if result_path.is_file() else {}
-    result = {
-        "budget": args.budget,
-        "setup": setup,
-        "rows": rows,
-        "data_floor": floor,
-        "figure": str(figure.relative_to(ROOT)),
-        "findings": args.findings or previous.get("findings", ""),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "host_cpu_count": os.cpu_count(),
-    }
-    result_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {result_path}, {figure} and {write_markdown()}")
+        train_stage(prefix, budget, runs)
+    if args.stage in ("all", "eval"):
+        evaluate_stage(prefix, budget, runs)
+    if args.stage in ("all", "report"):
+        report_stage(prefix, budget, runs, args.findings)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

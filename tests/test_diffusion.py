@@ -240,3 +240,52 @@ def test_dpm_solver_rejects_foreign_timesteps_and_bad_options():
         DPMSolverPlusPlusSampler(GaussianDiffusion(), solver_order=3)
     with pytest.raises(ValueError, match="unknown final_sigma 'one'"):
         DPMSolverPlusPlusSampler(GaussianDiffusion(), final_sigma="one")
+
+
+@pytest.mark.parametrize("steps", [25, 37, 50])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_linspace_ddim_steps_to_t_minus_T_over_n_as_diffusers(steps, eta):
+    """diffusers' DDIMScheduler steps from t to t - T//n, not to the next visited linspace timestep."""
+    diffusion = GaussianDiffusion("scaled_linear", 1000, 0.0015, 0.0195, "eps")
+    ours = DDIMSampler(diffusion, eta=eta, steps=steps, timestep_spacing="linspace")
+    theirs = DDIMScheduler(
+        beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
+        timestep_spacing="linspace", set_alpha_to_one=True,
+    )  # fmt: skip
+    theirs.set_timesteps(steps)
+    assert ours.previous_timestep(999) == 999 - 1000 // steps
+    run_trajectories(ours, theirs, {"eta": eta})
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_compvis_ddim_grid_matches_diffusers_steps_offset_and_final_alpha(eta):
+    """CompVis' grid: timesteps 1, 21, ..., 981 for 50 steps, and the last step lands on alphas_cumprod[0]."""
+    diffusion = GaussianDiffusion("scaled_linear", 1000, 0.0015, 0.0195, "eps")
+    ours = DDIMSampler(diffusion, eta=eta, steps=50, steps_offset=1, set_alpha_to_one=False)
+    assert ours.timesteps.tolist() == list(range(981, 0, -20))
+    theirs = DDIMScheduler(
+        beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
+        steps_offset=1, set_alpha_to_one=False,
+    )  # fmt: skip
+    theirs.set_timesteps(50)
+    run_trajectories(ours, theirs, {"eta": eta})
+
+
+def test_compvis_final_step_by_hand():
+    """From t=1 the last deterministic step goes to 'timestep -19', whose alpha_bar is alphas_cumprod[0]:
+    x = sqrt(a0) x0 + sqrt(1 - a0) eps, with x0 = (x_1 - sqrt(1 - a1) eps) / sqrt(a1)."""
+    diffusion = GaussianDiffusion("scaled_linear", 1000, 0.0015, 0.0195, "eps")
+    sampler = DDIMSampler(diffusion, eta=0.0, steps=50, steps_offset=1, set_alpha_to_one=False)
+    x1 = torch.tensor([[0.3, -1.2]], dtype=torch.float64)
+    eps = torch.tensor([[0.5, 0.1]], dtype=torch.float64)
+    a0, a1 = diffusion.alphas_cumprod[0].item(), diffusion.alphas_cumprod[1].item()
+    x0 = (x1 - (1 - a1) ** 0.5 * eps) / a1**0.5
+    expected = a0**0.5 * x0 + (1 - a0) ** 0.5 * eps
+    torch.testing.assert_close(sampler.step(eps, 1, x1), expected, rtol=1e-12, atol=1e-12)
+    with_one = DDIMSampler(diffusion, eta=0.0, steps=50, steps_offset=1)
+    torch.testing.assert_close(with_one.step(eps, 1, x1), x0, rtol=1e-12, atol=1e-12)  # alpha_bar 1: x0 itself
+
+
+def test_an_offset_past_the_last_timestep_is_refused():
+    with pytest.raises(ValueError, match="steps_offset=1 puts the first of 1000 steps at t=1000"):
+        DDIMSampler(GaussianDiffusion("linear"), steps=1000, steps_offset=1)

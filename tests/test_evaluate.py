@@ -127,6 +127,7 @@ def test_every_metric_of_a_tiny_checkpoint(tiny_checkpoint, tiny_classifier, fmn
     assert protocol["metric_key"] == "fd_fmnist" and protocol["reference"]["num_images"] == 32
     assert protocol["reference"]["split"] == "val" and protocol["versions"]["torch"] == torch.__version__
     assert protocol["weights"] == "ema" and protocol["seed"] == 0
+    assert protocol["quantize"] == "round" and protocol["noise"] == "counter" and "CounterNoise" in protocol["seeding"]
     assert "not comparable with published numbers" in caplog.text
     report = json.loads(Path(written["spectral_report_json"]).read_text())
     assert report["timesteps"] == [900, 10] and len(report["models"]["student"]["fft_relative_error"][0]) == 4
@@ -142,6 +143,21 @@ def test_every_metric_of_a_tiny_checkpoint(tiny_checkpoint, tiny_classifier, fmn
     )
     assert sorted(cache.glob("*.npz")) == stats_files and stats_files[0].stat().st_mtime_ns == stamp
     assert again["fd_fmnist"] == pytest.approx(metrics["fd_fmnist"], rel=1e-4)
+
+
+def test_truncation_quantizes_generated_images_as_ldm_does(tiny_checkpoint, tiny_classifier, fmnist_root, tmp_path):
+    """quantize=truncate changes only how generated images become uint8; the record says which."""
+    base = [
+        o for o in all_metrics(tiny_checkpoint, tiny_classifier, fmnist_root, tmp_path / "cache")
+        if not o.startswith(("metrics.kid", "metrics.throughput", "metrics.spectral", "metrics="))
+    ] + ["metrics=[fid]", "grid_samples=0"]  # fmt: skip
+    rounded = evaluate(compose_config("evaluate", tmp_path / "r", base))
+    truncated = evaluate(compose_config("evaluate", tmp_path / "t", [*base, "quantize=truncate"]))
+    record = json.loads((tmp_path / "t" / "run" / "metrics.json").read_text())["protocol"]
+    assert record["quantize"] == "truncate"
+    assert truncated["fd_fmnist"] != pytest.approx(rounded["fd_fmnist"], rel=1e-6)
+    with pytest.raises(ConfigError, match="quantize='floor' must be one of round, truncate"):
+        evaluate(compose_config("evaluate", tmp_path / "bad", [*base, "quantize=floor"]))
 
 
 def test_teacher_adds_its_numbers_and_the_ratios(tiny_checkpoint, tiny_classifier, fmnist_root, tmp_path):

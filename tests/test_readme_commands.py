@@ -199,9 +199,9 @@ CANNOT_RUN: dict[str, tuple[str, tuple[str, ...]]] = {
         ("test_slurm_launcher_node_resolves", "test_slurm_command_gets_to_sbatch"),
     ),
     REPRODUCE: (
-        "no cheap budget (cpu: 2000 steps of 3 models, 1000 samples each), no dry run, and it writes into the "
-        "repository's logs/ and docs/ (a separate issue rewrites reproduce.py); its argument parsing and the "
-        "train.py commands it would run are checked with train.py stubbed out",
+        "the cpu budget trains seven models for 3000 steps each and writes into the repository's logs/ and docs/; "
+        "its argument parsing and the train.py and evaluate.py commands it would run are checked with train.py "
+        "stubbed out, and tests/test_reproduce.py runs the whole chain on the smoke budget",
         ("test_reproduce_cpu_budget_plan",),
     ),
 }
@@ -1201,7 +1201,8 @@ def test_slurm_command_gets_to_sbatch(tmp_path):
 
 def test_reproduce_cpu_budget_plan(tmp_path, monkeypatch):
     """``--budget cpu`` parsed by reproduce.py's own main, ``--stage train`` added to stop before evaluation,
-    its ROOT moved into tmp_path and train.py stubbed: the three train.py commands it would run compose."""
+    its ROOT moved into tmp_path and train.py stubbed: the seven train.py commands it would run compose,
+    and so do the evaluate.py commands of the one protocol."""
     reproduce = script("reproduce")
     commands: list[list[str]] = []
 
@@ -1212,16 +1213,21 @@ def test_reproduce_cpu_budget_plan(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce, "ROOT", tmp_path)
     stub = SimpleNamespace(run=fake_run, STDOUT=subprocess.STDOUT, CompletedProcess=subprocess.CompletedProcess)
     monkeypatch.setattr(reproduce, "subprocess", stub)  # only reproduce.py's own subprocess calls
-    monkeypatch.setattr(sys, "argv", ["scripts/reproduce.py", *shlex.split(REPRODUCE)[2:], "--stage", "train"])
-    reproduce.main()
-    assert [c[1] for c in commands] == [str(tmp_path / "train.py")] * 3
+    reproduce.main([*shlex.split(REPRODUCE)[2:], "--stage", "train"])
+    assert [Path(c[1]).name for c in commands] == ["train.py"] * 7
     runs = {}
     for command in commands:
         cfg = compose_config("train", tmp_path / "compose", command[2:])
         runs[cfg.run_name] = cfg
-        assert cfg.trainer.max_steps == 2000 and cfg.data.batch_size == 64 and cfg.trainer.accelerator == "cpu"
-    assert sorted(runs) == ["repro_cpu_lite", "repro_cpu_sd", "repro_cpu_teacher"]
-    sd = runs["repro_cpu_sd"]
-    assert sd.loss._target_.endswith("SpectralDistillationLoss")
-    assert sd.teacher.ckpt_path == str(tmp_path / "logs" / "train" / "repro_cpu_teacher" / "checkpoints" / "last.ckpt")
-    assert sd.model.downsample == "wavelet_gated" and runs["repro_cpu_lite"].model.downsample != "wavelet_gated"
+        assert cfg.trainer.max_steps == 3000 and cfg.data.batch_size == 64 and cfg.trainer.accelerator == "cpu"
+    names = [f"repro_cpu_{n}" for n in ("teacher", "lite_4x", "sd_4x", "lite_8x", "sd_8x", "lite_18x", "sd_18x")]
+    assert list(runs) == names  # the teacher first: the students distil from it
+    sd = runs["repro_cpu_sd_8x"]
+    assert sd.loss._target_.endswith("SpectralDistillationLoss") and sd.model.base_channels == 12
+    teacher_ckpt = tmp_path / "logs" / "train" / "repro_cpu_teacher" / "checkpoints" / "last.ckpt"
+    assert sd.teacher.ckpt_path == str(teacher_ckpt)
+    assert sd.model.downsample == "wavelet_gated" and runs["repro_cpu_lite_8x"].model.downsample != "wavelet_gated"
+    assert runs["repro_cpu_lite_8x"].loss._target_.endswith("DenoisingLoss")
+    run = next(r for r in reproduce.study_runs(False) if r.name == "sd_8x")
+    evaluated = compose_config("evaluate", tmp_path / "e", reproduce.evaluate_command("repro", "cpu", run)[1:])
+    assert evaluated.num_samples == 2000 and evaluated.sampler.steps == 50 and evaluated.quantize == "round"

@@ -2,7 +2,9 @@
 
 Images arrive as ``(indices, images in [-1, 1])`` batches, from a data set or from generation.
 They are quantised to uint8 first, as a saved PNG would be, so generated and real images reach
-the extractor in the same form. Across ranks, :func:`combine_ranks` merges the statistics exactly
+the extractor in the same form: real images by rounding (exact for images that came from uint8),
+generated ones by rounding or, to re-measure a published LDM/ADM number, by truncation
+(``quantize=truncate``, as their sampling scripts save samples). Across ranks, :func:`combine_ranks` merges the statistics exactly
 and gathers the features in index order.
 """
 
@@ -34,13 +36,17 @@ def extract(
     extractor: nn.Module,
     keep_features: bool = False,
     metadata: dict | None = None,
+    quantize: str = "round",
 ) -> FeatureSet:
-    """Accumulate the features of every batch (this rank's only; see :func:`combine_ranks`)."""
+    """Accumulate the features of every batch (this rank's only; see :func:`combine_ranks`).
+
+    ``quantize`` is how images become uint8 before the extractor (``utils/images.QUANTIZATIONS``).
+    """
     stats = FeatureStatistics(extractor=extractor.identity, metadata=metadata)
     kept: list[torch.Tensor] = []
     kept_indices: list[torch.Tensor] = []
     for indices, images in batches:
-        features = extractor(to_uint8(images)).double().cpu()
+        features = extractor(to_uint8(images, quantize)).double().cpu()
         stats.update(features)
         if keep_features:
             kept.append(features.float())

@@ -83,6 +83,8 @@ def generated_features(
     guidance: ClassifierFreeGuidance | float | None = None,
     keep_features: bool = False,
     grid_samples: int = 0,
+    noise: str = "counter",
+    quantize: str = "round",
 ) -> tuple[FeatureSet, torch.Tensor | None, float]:
     """Features of ``num_samples`` generated samples over all ranks, the first ``grid_samples`` images, seconds.
 
@@ -97,7 +99,7 @@ def generated_features(
 
     def batches():
         done = 0
-        for chunk, images in generate(model, sampler, indices, seed, batch_size, device, guidance):
+        for chunk, images in generate(model, sampler, indices, seed, batch_size, device, guidance, noise=noise):
             if rank == 0 and sum(len(g) for g in grid) < grid_samples:
                 grid.append(images[: grid_samples - sum(len(g) for g in grid)].cpu())
             done += len(chunk)
@@ -105,7 +107,7 @@ def generated_features(
                 log.info("generated %d / %d samples on rank 0, %.0f s", done, len(indices), time.perf_counter() - start)
             yield chunk, images
 
-    local = extract(batches(), extractor, keep_features)
+    local = extract(batches(), extractor, keep_features, quantize=quantize)
     combined = combine_ranks(local)
     seconds = time.perf_counter() - start
     return combined, (torch.cat(grid) if grid else None), seconds

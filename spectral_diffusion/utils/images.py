@@ -9,10 +9,20 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+#: How images in [-1, 1] become uint8: ``round`` to the nearest level (this framework's default, and
+#: exact for images that came from uint8), or ``truncate`` as LDM's and ADM's sampling scripts do,
+#: ``((x + 1) * 127.5).clamp(0, 255).to(uint8)``, which is on average half a level darker.
+QUANTIZATIONS = ("round", "truncate")
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1], shape ``(N, C, H, W)`` -> uint8 in [0, 255]."""
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+def to_uint8(images: torch.Tensor, quantize: str = "round") -> torch.Tensor:
+    """Images in [-1, 1], shape ``(N, C, H, W)`` -> uint8 in [0, 255], by ``quantize`` (:data:`QUANTIZATIONS`)."""
+    scaled = (images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5
+    if quantize == "round":
+        return scaled.round().to(torch.uint8)
+    if quantize == "truncate":
+        return scaled.clamp(0, 255).to(torch.uint8)  # the cast truncates toward zero
+    raise ValueError(f"unknown quantize={quantize!r}; choose one of {list(QUANTIZATIONS)}")
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
