@@ -339,3 +339,23 @@ def test_throughput_counts_samples_per_second():
     assert result["samples_per_s"] == pytest.approx(3 / result["s_per_batch"])
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         measure_throughput(model, DDIMSampler(model.diffusion, steps=2), 3, "cpu", repeats=0)
+
+
+def test_statistics_of_another_protocol_are_refused_not_mixed(fmnist_root, tmp_path):
+    """A cache file under the key of one extractor that holds another's statistics (renamed, or
+    written by other code) is refused with the two identities named, never compared."""
+    data_cfg = OmegaConf.create(
+        {"_target_": "spectral_diffusion.data.FashionMNISTDataModule", "root": str(fmnist_root), "download": False}
+    )
+    _, path, _ = reference_features(data_cfg, CountingExtractor(), tmp_path / "cache", "val", None, 8)
+
+    class OtherWeights(CountingExtractor):
+        identity = "counting-v2"
+
+    other_key = reference_key(data_cfg, (1, 32, 32), "val", None, OtherWeights.identity)
+    assert other_key != path.stem  # another extractor (weights hash) is another file
+    for suffix in (".npz", ".features.npy"):
+        source = path.with_name(path.stem + suffix) if suffix != ".npz" else path
+        source.rename(path.with_name(other_key + suffix))
+    with pytest.raises(ValueError, match="computed with extractor 'counting-v1', not 'counting-v2'"):
+        reference_features(data_cfg, OtherWeights(), tmp_path / "cache", "val", None, 8)

@@ -98,7 +98,7 @@ def test_smoke_budget_runs_train_and_evaluate_end_to_end(tmp_path, monkeypatch, 
     classifier = tmp_path / "classifier.pt"
     torch.manual_seed(0)
     torch.save(FMNISTClassifier(width=4, num_features=8).state_dict(), classifier)
-    data = [f"data.root={fmnist_root}", "data.download=false", "data.num_workers=0", "data.val_size=8"]
+    data = [f"data.root={fmnist_root}", "data.download=false", "data.num_workers=0"]
     monkeypatch.setattr(
         reproduce,
         "train_command",
