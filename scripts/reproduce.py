@@ -112,6 +112,11 @@ def train_dir(prefix: str, budget: str, run: Run) -> Path:
     return ROOT / "logs" / "train" / run_name(prefix, budget, run)
 
 
+def last_checkpoint(prefix: str, budget: str, run: Run) -> str:
+    """The run's last.ckpt as the commands name it: relative to the directory they run in (ROOT)."""
+    return str(Path("logs") / "train" / run_name(prefix, budget, run) / "checkpoints" / "last.ckpt")
+
+
 def model_overrides(run: Run) -> list[str]:
     overrides = [f"model={FAMILIES[run.family]}"]
     if run.width is not None:
@@ -142,7 +147,7 @@ def train_command(prefix: str, budget: str, run: Run) -> list[str]:
         *run.extra,
     ]
     if run.distilled:
-        teacher = train_dir(prefix, budget, study_runs(False)[0]) / "checkpoints" / "last.ckpt"
+        teacher = last_checkpoint(prefix, budget, study_runs(False)[0])
         command += ["teacher=checkpoint", f"teacher.ckpt_path={teacher}"]
     return command
 
@@ -154,10 +159,9 @@ EVAL_OVERRIDES: list[str] = []
 def evaluate_command(prefix: str, budget: str, run: Run) -> list[str]:
     """The one protocol: ``evaluate.py`` on the run's last checkpoint (EMA weights)."""
     spec = BUDGETS[budget]
-    ckpt = train_dir(prefix, budget, run) / "checkpoints" / "last.ckpt"
     return [
         "evaluate.py",
-        f"ckpt_path={ckpt}",
+        f"ckpt_path={last_checkpoint(prefix, budget, run)}",
         f"run_name={run_name(prefix, budget, run)}",
         "metrics=[fid,macs,params,throughput]",
         "metrics.fid.feature_extractor=fmnist_classifier",
@@ -231,7 +235,7 @@ def sweep_command(prefix: str, budget: str, trials: int) -> list[str]:
     """Optuna over the 8x SD student's recipe (lr, EMA, lambda_s, lambda_f, alpha) within the budget."""
     spec = BUDGETS[budget]
     run = next(r for r in study_runs(False) if r.name == "sd_8x")
-    teacher = train_dir(prefix, budget, study_runs(False)[0]) / "checkpoints" / "last.ckpt"
+    teacher = last_checkpoint(prefix, budget, study_runs(False)[0])
     steps = spec["student_steps"]
     return [
         "train.py",
