@@ -16,12 +16,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from spectral_diffusion.utils.checkpoint import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +214,7 @@ class FeatureStatistics:
             arrays["mean"], arrays["m2"] = state["mean"].numpy(), state["m2"].numpy()
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        _write_atomically(path, buffer.getvalue())
+        write_bytes_atomically(path, buffer.getvalue())
         return path
 
     @classmethod
@@ -235,20 +236,6 @@ class FeatureStatistics:
 
     def __repr__(self) -> str:
         return f"FeatureStatistics(dim={self.dim}, count={self._count}, extractor={self.extractor!r})"
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_gaussian(mu: torch.Tensor, sigma: torch.Tensor, name: str) -> None:

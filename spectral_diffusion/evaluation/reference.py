@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from spectral_diffusion.evaluation.distributed import world
 from spectral_diffusion.evaluation.features import FeatureSet, extract
-from spectral_diffusion.evaluation.frechet import FeatureStatistics, _write_atomically
+from spectral_diffusion.evaluation.frechet import FeatureStatistics
+from spectral_diffusion.utils.checkpoint import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class ReferenceCache:
     def save(self, reference: FeatureSet) -> None:
         buffer = io.BytesIO()
         np.save(buffer, reference.features.float().numpy(), allow_pickle=False)
-        _write_atomically(self.features_path, buffer.getvalue())
+        write_bytes_atomically(self.features_path, buffer.getvalue())
         reference.stats.save(self.stats_path)  # written last: its presence means "complete"
 
 

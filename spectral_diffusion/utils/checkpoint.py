@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from lightning.fabric.utilities.types import _PATH
@@ -162,30 +162,38 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file beside it, fsync and rename.
+def write_atomically(path: Path, temporary: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on ``temporary`` (created exclusively), fsync it, rename it to ``path``, fsync the folder.
 
-    Readers see the old file or the new one, never a torn one. Unlike :class:`AtomicCheckpointIO`,
-    which only rank 0 calls, this is safe with several concurrent writers of the same path (ranks,
-    nodes on a shared file system): each writes its own uniquely named temporary and never touches
-    another's; the last rename wins.
+    Readers see the old file or the new one, never a torn one, and the new name survives a power loss.
+    The temporary is removed if ``write`` fails; one a killed process leaves stays, for its owner to clean.
     """
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     # O_EXCL with mode 0o666: a fresh file with the user's umask, like any other file written
     # (tempfile.mkstemp would make it 0600, unreadable to the others sharing a cache).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(temporary, path)
         fsync_directory(path.parent)
     finally:
-        tmp.unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
     return path
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`write_atomically`), safe with concurrent writers.
+
+    Unlike :class:`AtomicCheckpointIO`, which only rank 0 calls, several writers of the same path
+    (ranks, nodes on a shared file system) may call this at once: each writes its own uniquely named
+    temporary and never touches another's; the last rename wins.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    return write_atomically(path, temporary, lambda f: f.write(data))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -200,16 +208,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            fsync_directory(path.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # Streamed into the file, not through bytes in memory: a large model's checkpoint is gigabytes.
+        # A temporary of this process's own name left by a failed save of this same process is stale too.
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        temporary.unlink(missing_ok=True)
+        write_atomically(path, temporary, lambda f: torch.save(checkpoint, f))
 
     def load_checkpoint(self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         # Lightning restores states and builds nothing from the stored config; train.py has checked
