@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -57,15 +58,15 @@ WIDTHS: dict[str, dict[str, int]] = {
 #: Training and evaluation size of each budget. ``smoke`` checks the plumbing in seconds.
 BUDGETS: dict[str, dict[str, Any]] = {
     "cpu": {"steps": 3000, "student_steps": 3000, "batch_size": 64, "samples": 2000, "sampler_steps": 50,
-            "trainer": "cpu", "lr": 1e-3},
+            "trainer": "cpu", "lr": 1e-3, "sweep_steps": 600},
     "gpu": {"steps": 20000, "student_steps": 20000, "batch_size": 128, "samples": 10000, "sampler_steps": 100,
-            "trainer": "gpu", "lr": 1e-3},
-    # What fits about an hour on the 2-core CPU: the teacher no better trained than before (2000 steps),
-    # the students 800 steps each.
+            "trainer": "gpu", "lr": 1e-3, "sweep_steps": 5000},
+    # What fits about two hours on the 2-core CPU: the teacher 2000 steps, the students 800 steps
+    # each, Optuna trials of 200 steps.
     "cpu_short": {"steps": 2000, "student_steps": 800, "batch_size": 64, "samples": 1000, "sampler_steps": 50,
-                  "trainer": "cpu", "lr": 1e-3},
+                  "trainer": "cpu", "lr": 1e-3, "sweep_steps": 200},
     "smoke": {"steps": 2, "student_steps": 2, "batch_size": 8, "samples": 16, "sampler_steps": 2,
-              "trainer": "cpu", "lr": 1e-3},
+              "trainer": "cpu", "lr": 1e-3, "sweep_steps": 2},
 }  # fmt: skip
 
 
@@ -156,19 +157,23 @@ def train_command(prefix: str, budget: str, run: Run) -> list[str]:
 EVAL_OVERRIDES: list[str] = []
 
 
-def evaluate_command(prefix: str, budget: str, run: Run) -> list[str]:
-    """The one protocol: ``evaluate.py`` on the run's last checkpoint (EMA weights)."""
+def evaluate_command(prefix: str, budget: str, run: Run, seed: int = 0) -> list[str]:
+    """The one protocol: ``evaluate.py`` on the run's last checkpoint (EMA weights).
+
+    The table's numbers use seed 0; other seeds (``--stage noise``) measure the seed noise.
+    """
     spec = BUDGETS[budget]
+    name = run_name(prefix, budget, run) + (f"_seed{seed}" if seed else "")
     return [
         "evaluate.py",
         f"ckpt_path={last_checkpoint(prefix, budget, run)}",
-        f"run_name={run_name(prefix, budget, run)}",
+        f"run_name={name}",
         "metrics=[fid,macs,params,throughput]",
         "metrics.fid.feature_extractor=fmnist_classifier",
         f"num_samples={spec['samples']}",
         f"sampler.steps={spec['sampler_steps']}",
         "sampler.eta=1.0",
-        "seed=0",
+        f"seed={seed}",
         "use_ema=true",
         f"batch_size={min(250, spec['samples'])}",
         "grid_samples=64",
@@ -210,17 +215,17 @@ def train_stage(prefix: str, budget: str, runs: list[Run]) -> None:
         print(f"[{run.name}] trained in {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def evaluation_dir(prefix: str, budget: str, run: Run) -> Path:
-    return ROOT / "logs" / "evaluate" / run_name(prefix, budget, run)
+def evaluation_dir(prefix: str, budget: str, run: Run, seed: int = 0) -> Path:
+    return ROOT / "logs" / "evaluate" / (run_name(prefix, budget, run) + (f"_seed{seed}" if seed else ""))
 
 
-def evaluate_stage(prefix: str, budget: str, runs: list[Run]) -> None:
-    for run in runs:
+def evaluate_stage(prefix: str, budget: str, runs: list[Run], seeds: tuple[int, ...] = (0,)) -> None:
+    for run, seed in ((run, seed) for run in runs for seed in seeds):
         if not (train_dir(prefix, budget, run) / "checkpoints" / "last.ckpt").is_file():
             print(f"[{run.name}] no checkpoint yet, skipped")
             continue
-        command = evaluate_command(prefix, budget, run)
-        out = evaluation_dir(prefix, budget, run)
+        command = evaluate_command(prefix, budget, run, seed)
+        out = evaluation_dir(prefix, budget, run, seed)
         done = out / "metrics.json"
         stamp = out / "reproduce_command.txt"
         if done.is_file() and stamp.is_file() and stamp.read_text() == shown(command):
@@ -232,11 +237,12 @@ def evaluate_stage(prefix: str, budget: str, runs: list[Run]) -> None:
 
 
 def sweep_command(prefix: str, budget: str, trials: int) -> list[str]:
-    """Optuna over the 8x SD student's recipe (lr, EMA, lambda_s, lambda_f, alpha) within the budget."""
+    """Optuna over the 8x SD student's recipe (lr, EMA, lambda_s, lambda_f, alpha): trials of the budget's
+    ``sweep_steps``, each scored by its validation denoising MSE (``val/ddpm``)."""
     spec = BUDGETS[budget]
     run = next(r for r in study_runs(False) if r.name == "sd_8x")
     teacher = last_checkpoint(prefix, budget, study_runs(False)[0])
-    steps = spec["student_steps"]
+    steps = spec["sweep_steps"]
     return [
         "train.py",
         "-m",
@@ -285,6 +291,25 @@ def read_row(prefix: str, budget: str, run: Run) -> dict[str, Any] | None:
         "protocol": evaluated["protocol"],
         "command": shown(evaluate_command(prefix, budget, run)),
     }
+
+
+def seed_noise(prefix: str, budget: str, runs: list[Run]) -> list[str]:
+    """Markdown lines: the FD of each run evaluated at more seeds than 0 (``--stage noise``)."""
+    lines = []
+    for run in runs:
+        fds = []
+        for seed in range(10):
+            done = evaluation_dir(prefix, budget, run, seed) / "metrics.json"
+            if done.is_file():
+                fds.append((seed, json.loads(done.read_text())["fd_fmnist"]))
+        if len(fds) > 1:
+            values = [fd for _, fd in fds]
+            lines.append(
+                f"- {run.label}: FD {', '.join(f'{fd:.2f}' for fd in values)} at seeds "
+                f"{', '.join(str(seed) for seed, _ in fds)}; standard deviation {statistics.stdev(values):.2f}, "
+                f"range {max(values) - min(values):.2f} ({(max(values) - min(values)) / values[0]:.1%} of the seed-0 FD)."
+            )
+    return lines
 
 
 def write_figure(budget: str, rows: list[dict[str, Any]]) -> Path:
@@ -359,8 +384,8 @@ def protocol_line(protocol: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def write_markdown(budget: str, rows: list[dict[str, Any]], figure: Path, findings: str) -> Path:
-    teacher = next(r for r in rows if r["family"] == "teacher")
+def model_table(rows: list[dict[str, Any]], teacher: dict[str, Any]) -> list[str]:
+    """Every model of ``rows``: cost, FD, and measured training and sampling speed."""
     table = [
         "| model | params (M) | GMACs | teacher GMACs / GMACs | FD | FD / teacher FD | train s | samples/s |",
         "|---|---|---|---|---|---|---|---|",
@@ -373,6 +398,43 @@ def write_markdown(budget: str, rows: list[dict[str, Any]], figure: Path, findin
             f"| {r['label']} | {r['params_m']:.3f} | {r['gmacs']:.4f} | {teacher['gmacs'] / r['gmacs']:.1f}x | "
             f"{r['fd_fmnist']:.2f} | {r['fd_fmnist'] / teacher['fd_fmnist']:.2f}x | {train_s} | {r['samples_per_s']:.1f} |"
         )
+    return table
+
+
+def front_table(rows: list[dict[str, Any]], teacher: dict[str, Any]) -> list[str]:
+    """One line per width: Lite against SD at (about) the same GMACs."""
+    by_name = {r["name"]: r for r in rows}
+    table = [
+        "| width | Lite GMACs | Lite FD | SD GMACs | SD FD | SD FD / Lite FD | SD FD / teacher FD |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for width in WIDTHS:
+        lite, sd = by_name.get(f"lite_{width}"), by_name.get(f"sd_{width}")
+        if lite is None or sd is None:
+            continue
+        table.append(
+            f"| {width} | {lite['gmacs']:.4f} | {lite['fd_fmnist']:.2f} | {sd['gmacs']:.4f} | {sd['fd_fmnist']:.2f} | "
+            f"{sd['fd_fmnist'] / lite['fd_fmnist']:.2f} | {sd['fd_fmnist'] / teacher['fd_fmnist']:.2f}x |"
+        )
+    return table
+
+
+def write_markdown(budget: str, rows: list[dict[str, Any]], figure: Path, findings: str, noise: list[str]) -> Path:
+    teacher = next(r for r in rows if r["family"] == "teacher")
+    ablation_names = {"lite_8x", "sd_8x"} | {
+        r.name for r in study_runs(True) if r.name.startswith(("sd_8x_", "lite_8x_"))
+    }
+    ablations = [r for r in rows if r["name"] in ablation_names]
+    width_rows = [r for r in rows if not r["name"].startswith(("sd_8x_", "lite_8x_"))]
+    table = [
+        "### Widths: Lite against SD",
+        "",
+        *front_table(rows, teacher),
+        "",
+        *model_table(width_rows, teacher),
+    ]
+    if len(ablations) > 2:
+        table += ["", "### Ablations at 8x", "", *model_table(ablations, teacher)]
     lines = [
         f"## Budget: {budget}",
         "",
@@ -390,6 +452,16 @@ def write_markdown(budget: str, rows: list[dict[str, Any]], figure: Path, findin
         "```",
         "",
     ]
+    if noise:
+        lines += [
+            "### Seed noise",
+            "",
+            "The same checkpoint and protocol at other sampling seeds (`--stage noise`; each is the row's "
+            "command with `seed=N`). A difference between two rows smaller than this is not a finding.",
+            "",
+            *noise,
+            "",
+        ]
     if findings:
         lines += ["### Findings", "", findings, ""]
     out = ROOT / "docs" / "results.md"
@@ -413,18 +485,20 @@ def report_stage(prefix: str, budget: str, runs: list[Run], findings: str) -> No
     figure = write_figure(budget, rows)
     result = {"budget": budget, "rows": rows, "figure": str(figure.relative_to(ROOT))}
     (ROOT / "docs" / f"results_{budget}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {write_markdown(budget, rows, figure, findings)} and {figure}")
+    noise = seed_noise(prefix, budget, runs)
+    print(f"wrote {write_markdown(budget, rows, figure, findings, noise)} and {figure}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    parser.add_argument("--stage", choices=["all", "train", "eval", "report", "sweep"], default="all")
+    parser.add_argument("--stage", choices=["all", "train", "eval", "report", "sweep", "noise"], default="all")
     parser.add_argument("--ablations", action="store_true", help="also the ablations at the 8x width")
     parser.add_argument("--runs", nargs="+", help="only these runs")
     parser.add_argument("--run-prefix", default="repro", help="run names are <prefix>_<budget>_<model>")
     parser.add_argument("--trials", type=int, default=12, help="Optuna trials of --stage sweep")
-    parser.add_argument("--findings", default="", help="a markdown paragraph for docs/results.md")
+    parser.add_argument("--findings", default="", help="a markdown file whose text goes under Findings")
+    parser.add_argument("--noise-seeds", type=int, nargs="+", default=[1, 2], help="seeds of --stage noise")
     parser.add_argument("--eval-overrides", nargs="*", default=[], help="extra evaluate.py overrides")
     parser.add_argument("--print-commands", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
@@ -451,8 +525,12 @@ def main(argv: list[str] | None = None) -> int:
         train_stage(prefix, budget, runs)
     if args.stage in ("all", "eval"):
         evaluate_stage(prefix, budget, runs)
+    if args.stage == "noise":  # the --runs (default: the 8x SD student) again at other seeds
+        chosen = runs if args.runs else [r for r in runs if r.name == "sd_8x"]
+        evaluate_stage(prefix, budget, chosen, tuple(args.noise_seeds))
     if args.stage in ("all", "report"):
-        report_stage(prefix, budget, runs, args.findings)
+        findings = Path(args.findings).read_text().strip() if args.findings else ""
+        report_stage(prefix, budget, runs, findings)
     return 0
 
 

@@ -114,6 +114,33 @@ def test_loss_grows_with_the_teacher_student_gap_and_only_the_student_gets_gradi
     assert all(k.startswith("adapters.") for k in loss.state_dict())
 
 
+def test_normalised_feature_terms_are_relative_errors_one_each_for_a_zero_student() -> None:
+    # With the adapters zeroed the student "predicts" 0 for every teacher feature: each feature's
+    # relative error is exactly 1, whatever the feature's scale, and by Parseval (alpha = 0) the
+    # frequency term is the same sum. Unnormalised, each feature adds its raw mean square instead.
+    torch.manual_seed(0)
+    diffusion = GaussianDiffusion("linear", 1000)
+    student, teacher_net = tiny_unet(), tiny_unet(base_channels=16)
+    torch.nn.init.normal_(teacher_net.conv_out.weight, std=0.1)
+    teacher = framework_teacher(teacher_net, diffusion)
+    x0 = pink_noise(2, 2, 16)
+    terms = {}
+    for normalize in (True, False):
+        loss = SpectralDistillationLoss(diffusion, teacher, student, alpha=0.0, normalize_features=normalize)
+        for adapter in loss.adapters:
+            torch.nn.init.zeros_(adapter.weight)
+            torch.nn.init.zeros_(adapter.bias)
+        terms[normalize] = loss.terms(student, x0, None, torch.Generator().manual_seed(0))
+    x_t, t, _ = loss.denoising.noised_batch(x0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        output_mse = torch.mean((teacher_net(x_t, t) - student(x_t, t)) ** 2).item()
+    assert len(loss.adapters) == 2
+    assert terms[True]["spatial"].item() == pytest.approx(output_mse + 2.0, rel=1e-5)
+    assert terms[True]["freq"].item() == pytest.approx(output_mse + 2.0, rel=1e-4)
+    assert terms[False]["spatial"].item() != pytest.approx(output_mse + 2.0, rel=1e-2)
+    assert terms[False]["freq"].item() == pytest.approx(terms[False]["spatial"].item(), rel=1e-4)
+
+
 def test_output_only_ablation_has_no_adapters_and_ignores_features() -> None:
     diffusion = GaussianDiffusion("linear", 1000)
     student, teacher_net = tiny_unet(), tiny_unet(base_channels=16)

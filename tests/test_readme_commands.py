@@ -139,7 +139,7 @@ EVAL_PRESET = "python evaluate.py model=sd_celebahq_8x"
 EVAL_TEACHER = "python evaluate.py ckpt_path=PATH teacher=checkpoint teacher.ckpt_path=TEACHER"
 MODEL_ZOO = "python scripts/model_zoo.py"
 INSPECT = "python scripts/inspect_data.py data=NAME data.root=DIR [data.resolution=256]"
-REPRODUCE = "python scripts/reproduce.py --budget cpu"
+REPRODUCE = "python scripts/reproduce.py --budget cpu_short --ablations"
 GUIDANCE_SWEEP = (
     "python evaluate.py mode=guidance_sweep ckpt_path=PATH metrics=[fid] "
     "metrics.fid.feature_extractor=fmnist_classifier guidance.scale=3"
@@ -199,7 +199,7 @@ CANNOT_RUN: dict[str, tuple[str, tuple[str, ...]]] = {
         ("test_slurm_launcher_node_resolves", "test_slurm_command_gets_to_sbatch"),
     ),
     REPRODUCE: (
-        "the cpu budget trains seven models for 3000 steps each and writes into the repository's logs/ and docs/; "
+        "the cpu_short budget trains eleven models (2000 and 800 steps) for about two hours and writes into the repository's logs/ and docs/; "
         "its argument parsing and the train.py and evaluate.py commands it would run are checked with train.py "
         "stubbed out, and tests/test_reproduce.py runs the whole chain on the smoke budget",
         ("test_reproduce_cpu_budget_plan",),
@@ -1200,8 +1200,8 @@ def test_slurm_command_gets_to_sbatch(tmp_path):
 
 
 def test_reproduce_cpu_budget_plan(tmp_path, monkeypatch):
-    """``--budget cpu`` parsed by reproduce.py's own main, ``--stage train`` added to stop before evaluation,
-    its ROOT moved into tmp_path and train.py stubbed: the seven train.py commands it would run compose,
+    """``--budget cpu_short --ablations`` parsed by reproduce.py's own main, ``--stage train`` added to stop
+    before evaluation, its ROOT moved into tmp_path and train.py stubbed: the eleven train.py commands compose,
     and so do the evaluate.py commands of the one protocol."""
     reproduce = script("reproduce")
     commands: list[list[str]] = []
@@ -1214,20 +1214,29 @@ def test_reproduce_cpu_budget_plan(tmp_path, monkeypatch):
     stub = SimpleNamespace(run=fake_run, STDOUT=subprocess.STDOUT, CompletedProcess=subprocess.CompletedProcess)
     monkeypatch.setattr(reproduce, "subprocess", stub)  # only reproduce.py's own subprocess calls
     reproduce.main([*shlex.split(REPRODUCE)[2:], "--stage", "train"])
-    assert [Path(c[1]).name for c in commands] == ["train.py"] * 7
+    assert [Path(c[1]).name for c in commands] == ["train.py"] * 11
     runs = {}
     for command in commands:
         cfg = compose_config("train", tmp_path / "compose", command[2:])
         runs[cfg.run_name] = cfg
-        assert cfg.trainer.max_steps == 3000 and cfg.data.batch_size == 64 and cfg.trainer.accelerator == "cpu"
-    names = [f"repro_cpu_{n}" for n in ("teacher", "lite_4x", "sd_4x", "lite_8x", "sd_8x", "lite_18x", "sd_18x")]
+        steps = 2000 if cfg.run_name.endswith("_teacher") else 800
+        assert cfg.trainer.max_steps == steps and cfg.data.batch_size == 64 and cfg.trainer.accelerator == "cpu"
+    front = ("teacher", "lite_4x", "sd_4x", "lite_8x", "sd_8x", "lite_18x", "sd_18x")
+    ablations = ("sd_8x_no_distill", "sd_8x_output", "sd_8x_features", "lite_8x_distill")
+    names = [f"repro_cpu_short_{n}" for n in front + ablations]
     assert list(runs) == names  # the teacher first: the students distil from it
-    sd = runs["repro_cpu_sd_8x"]
+    sd = runs["repro_cpu_short_sd_8x"]
     assert sd.loss._target_.endswith("SpectralDistillationLoss") and sd.model.base_channels == 12
     # relative to the directory the commands run in (reproduce's ROOT), so docs/results.md's commands work anywhere
-    assert sd.teacher.ckpt_path == "logs/train/repro_cpu_teacher/checkpoints/last.ckpt"
-    assert sd.model.downsample == "wavelet_gated" and runs["repro_cpu_lite_8x"].model.downsample != "wavelet_gated"
-    assert runs["repro_cpu_lite_8x"].loss._target_.endswith("DenoisingLoss")
+    assert sd.teacher.ckpt_path == "logs/train/repro_cpu_short_teacher/checkpoints/last.ckpt"
+    assert sd.model.downsample == "wavelet_gated" and runs["repro_cpu_short_lite_8x"].model.downsample != "wavelet_gated"
+    assert runs["repro_cpu_short_lite_8x"].loss._target_.endswith("DenoisingLoss")
+    assert sd.loss.normalize_features is True and sd.loss.features is True and sd.loss.lambda_freq > 0
+    output_only, features = runs["repro_cpu_short_sd_8x_output"].loss, runs["repro_cpu_short_sd_8x_features"].loss
+    assert output_only.features is False and output_only.lambda_freq == 0
+    assert features.features is True and features.lambda_freq == 0
+    assert runs["repro_cpu_short_sd_8x_no_distill"].loss._target_.endswith("DenoisingLoss")
+    assert runs["repro_cpu_short_lite_8x_distill"].loss._target_.endswith("SpectralDistillationLoss")
     run = next(r for r in reproduce.study_runs(False) if r.name == "sd_8x")
-    evaluated = compose_config("evaluate", tmp_path / "e", reproduce.evaluate_command("repro", "cpu", run)[1:])
-    assert evaluated.num_samples == 2000 and evaluated.sampler.steps == 50 and evaluated.quantize == "round"
+    evaluated = compose_config("evaluate", tmp_path / "e", reproduce.evaluate_command("repro", "cpu_short", run)[1:])
+    assert evaluated.num_samples == 1000 and evaluated.sampler.steps == 50 and evaluated.quantize == "round"

@@ -37,7 +37,7 @@ def test_reproduce_has_no_metric_code():
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
     assert imported <= {"__future__", "argparse", "json", "shlex", "subprocess", "sys", "time", "dataclasses",
-                        "pathlib", "typing", "matplotlib"}, imported  # fmt: skip
+                        "pathlib", "typing", "matplotlib", "statistics"}, imported  # fmt: skip
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
         n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)
     }
@@ -67,8 +67,15 @@ def test_report_reads_evaluate_metrics_and_prints_each_rows_command(tmp_path, mo
         train_out = tmp_path / "logs" / "train" / f"repro_cpu_{run.name}"
         train_out.mkdir(parents=True)
         (train_out / "metrics.json").write_text(json.dumps({"fit_seconds": 100.0 * gmacs, "resumed": False}))
+    sd_8x = next(r for r in runs if r.name == "sd_8x")
+    for seed, fd in ((1, 15.0), (2, 16.0)):  # --stage noise: the seed-0 FD is 14
+        command = reproduce.shown(reproduce.evaluate_command("repro", "cpu", sd_8x, seed))
+        assert f"seed={seed}" in command and f"run_name=repro_cpu_sd_8x_seed{seed}" in command
+        fake_evaluation(tmp_path / "logs" / "evaluate" / f"repro_cpu_sd_8x_seed{seed}", fd, 0.249 / 8, command)
     assert reproduce.main(["--budget", "cpu", "--stage", "report"]) == 0
     text = (tmp_path / "docs" / "results.md").read_text()
+    assert "| 8x | 0.0311 | 13.00 | 0.0311 | 14.00 | 1.08 | 1.40x |" in text  # the width table
+    assert "FD 14.00, 15.00, 16.00 at seeds 0, 1, 2; standard deviation 1.00, range 2.00 (14.3%" in text
     assert "| Teacher | 1.245 | 0.2490 | 1.0x | 10.00 | 1.00x |" in text
     assert "| SD 8x (WG + spectrum-aware distillation) |" in text and "| 8.0x | 14.00 | 1.40x |" in text
     for run in runs:
