@@ -176,6 +176,8 @@ def evaluate_command(prefix: str, budget: str, run: Run, seed: int = 0) -> list[
         f"seed={seed}",
         "use_ema=true",
         f"batch_size={min(250, spec['samples'])}",
+        # Sampling speed on batches of 100 (one untimed, one timed): the same for every row.
+        f"metrics.throughput.batch_size={min(100, spec['samples'])}",
         "grid_samples=64",
         *EVAL_OVERRIDES,
     ]

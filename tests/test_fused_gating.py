@@ -106,3 +106,29 @@ def test_other_wavelets_keep_the_general_path():
     assert not layer.fused
     with pytest.raises(ValueError, match="Haar"):
         layer.fused = True
+
+
+def test_uniform_gates_make_wg_down_a_subsampling_and_lowpass_gates_an_average_pool():
+    """Why ``gate_init=lowpass`` exists: with equal gates the four orthonormal Haar bands sum to twice
+    the top-left pixel of each 2x2 block (plain subsampling); the low-pass start is, by PyWavelets'
+    own bands, sigmoid(4) LL + sigmoid(-4) (LH + HL + HH), and LL is twice the 2x2 average."""
+    pywt = pytest.importorskip("pywt")
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    equal = torch.full((2, 4, 3, 1, 1), 0.5, dtype=torch.float64)
+    assert torch.allclose(haar_gated_downsample(x, equal), x[..., ::2, ::2], atol=1e-12)
+
+    layer = WaveletGatedDownsample(3, 16, gate_init="lowpass").double()
+    gates = layer.gates(x)
+    assert torch.allclose(gates[:, 0], torch.sigmoid(torch.tensor(4.0, dtype=torch.float64)).expand_as(gates[:, 0]))
+    assert torch.allclose(gates[:, 1:], torch.sigmoid(torch.tensor(-4.0, dtype=torch.float64)).expand_as(gates[:, 1:]))
+    cA, (cH, cV, cD) = pywt.dwt2(x.numpy(), "haar", axes=(-2, -1))
+    expected = torch.sigmoid(torch.tensor(4.0)).item() * cA + torch.sigmoid(torch.tensor(-4.0)).item() * (cH + cV + cD)
+    assert torch.allclose(layer(x), torch.from_numpy(expected), atol=1e-12)
+    assert torch.allclose(torch.from_numpy(cA), 2 * F.avg_pool2d(x, 2), atol=1e-12)
+
+    up = WaveletGatedUpsample(3, 16, gate_init="lowpass").double()
+    projected = up.proj(x)[:, :3]  # the LL chunk of the projection
+    leak = up(x) - torch.sigmoid(torch.tensor(4.0)).item() * 0.5 * F.interpolate(projected, scale_factor=2)
+    assert leak.abs().max() < 0.05 * up(x).abs().max()  # nearest upsampling, up to the nearly shut details
+    with pytest.raises(ValueError, match="gate_init must be one of"):
+        WaveletGatedDownsample(3, 16, gate_init="open")

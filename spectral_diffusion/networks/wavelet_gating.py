@@ -20,7 +20,14 @@ the 36 C^2 HW of nearest+3x3 conv.
 Unknowns of the paper, and the defaults chosen here (all configurable):
 - the wavelet: Haar (``wavelet=``, any PyWavelets name);
 - the FFN width: ``channels // reduction`` hidden units with ``reduction=4`` (at least 8);
-- whether the gates see the timestep embedding: off (``timestep_gates=true`` adds it).
+- whether the gates see the timestep embedding: off (``timestep_gates=true`` adds it);
+- the gates' initial values: ``gate_init=uniform`` starts every gate near 0.5 (a default-initialised
+  FFN). With the orthonormal Haar bands that makes WG-Down's sum ``0.5 (LL + LH + HL + HH)``, which
+  is exactly the top-left pixel of each 2x2 block: plain subsampling, aliasing included, until the
+  gates have learnt otherwise. ``gate_init=lowpass`` starts the LL gate at sigmoid(4) = 0.98 and the
+  three detail gates at sigmoid(-4) = 0.018 (the FFN's output layer zeroed, its bias set), so
+  WG-Down starts as average pooling (times 2, Haar's scale) and WG-Up as nearest-neighbour
+  upsampling of its projection; the gates then learn how much detail to let through.
 
 For Haar, both layers run fused (``networks/haar_gating.py``): WG-Down as one per-sample
 depthwise 2x2 stride-2 filter, WG-Up as one per-sample folded projection and a pixel shuffle, so
@@ -39,20 +46,35 @@ from spectral_diffusion.networks.resampling import register_downsample, register
 from spectral_diffusion.networks.wavelets import DWT2, IDWT2
 
 NUM_BANDS = 4
+#: ``gate_init`` choices (module docstring).
+GATE_INITS = ("uniform", "lowpass")
 
 
 class WaveletGate(nn.Module):
     """``sigmoid(FFN(avgpool(x) [+ proj(emb)]))`` reshaped to ``(N, 4, gate_channels, 1, 1)``."""
 
     def __init__(
-        self, in_channels: int, gate_channels: int, reduction: int = 4, emb_channels: int | None = None
+        self,
+        in_channels: int,
+        gate_channels: int,
+        reduction: int = 4,
+        emb_channels: int | None = None,
+        init: str = "uniform",
     ) -> None:
         super().__init__()
+        if init not in GATE_INITS:
+            raise ValueError(f"gate_init must be one of {sorted(GATE_INITS)}, got {init!r}")
         hidden = max(in_channels // reduction, 8)
         self.gate_channels = gate_channels
         self.emb_proj = nn.Linear(emb_channels, in_channels) if emb_channels else None
         self.fc1 = nn.Linear(in_channels, hidden)
         self.fc2 = nn.Linear(hidden, NUM_BANDS * gate_channels)
+        if init == "lowpass":  # LL open, details nearly shut: average pooling / nearest upsampling
+            nn.init.zeros_(self.fc2.weight)
+            with torch.no_grad():
+                self.fc2.bias.view(NUM_BANDS, gate_channels).copy_(
+                    torch.tensor([4.0, -4.0, -4.0, -4.0]).unsqueeze(1).expand(NUM_BANDS, gate_channels)
+                )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         pooled = x.mean(dim=(-2, -1))
@@ -74,11 +96,12 @@ class _WaveletGated(nn.Module):
         wavelet: str = "haar",
         reduction: int = 4,
         timestep_gates: bool = False,
+        gate_init: str = "uniform",
     ) -> None:
         super().__init__()
         self.channels = channels
         self.wavelet = wavelet
-        self.gate = WaveletGate(channels, channels, reduction, emb_channels if timestep_gates else None)
+        self.gate = WaveletGate(channels, channels, reduction, emb_channels if timestep_gates else None, gate_init)
         self._fused = wavelet == "haar"
 
     @property
