@@ -1229,7 +1229,9 @@ def test_reproduce_cpu_budget_plan(tmp_path, monkeypatch):
     assert sd.loss._target_.endswith("SpectralDistillationLoss") and sd.model.base_channels == 12
     # relative to the directory the commands run in (reproduce's ROOT), so docs/results.md's commands work anywhere
     assert sd.teacher.ckpt_path == "logs/train/repro_cpu_short_teacher/checkpoints/last.ckpt"
-    assert sd.model.downsample == "wavelet_gated" and runs["repro_cpu_short_lite_8x"].model.downsample != "wavelet_gated"
+    assert (
+        sd.model.downsample == "wavelet_gated" and runs["repro_cpu_short_lite_8x"].model.downsample != "wavelet_gated"
+    )
     assert runs["repro_cpu_short_lite_8x"].loss._target_.endswith("DenoisingLoss")
     assert sd.loss.normalize_features is True and sd.loss.features is True and sd.loss.lambda_freq > 0
     output_only, features = runs["repro_cpu_short_sd_8x_output"].loss, runs["repro_cpu_short_sd_8x_features"].loss
