@@ -18,7 +18,7 @@ from spectral_diffusion.networks import UNet
 from spectral_diffusion.utils.checkpoint import CheckpointMismatchError
 from train import train
 
-from .conftest import compose_config
+from .conftest import CHEAP_METRIC_OVERRIDES, compose_config
 
 
 def test_preset_cost_without_checkpoint(tmp_path):
@@ -89,12 +89,7 @@ def all_metrics(ckpt: Path, classifier: Path, fmnist_root: Path, cache: Path, *e
         "metrics=[fid,kid,macs,params,throughput,spectral]",
         "metrics.fid.feature_extractor=fmnist_classifier",
         f"metrics.fid.weights_path={classifier}",
-        "metrics.kid.subset_size=4",
-        "metrics.kid.num_subsets=3",
-        "metrics.throughput.batch_size=2",
-        "metrics.spectral.num_images=4",
-        "metrics.spectral.timesteps=[900,10]",
-        "metrics.spectral.num_bands=4",
+        *CHEAP_METRIC_OVERRIDES,
         "num_samples=6",
         "batch_size=4",
         "grid_samples=4",

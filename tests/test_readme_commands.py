@@ -55,7 +55,7 @@ from spectral_diffusion.assembly import load_run
 from train import train
 
 from . import test_data_formats
-from .conftest import CONFIG_DIR, compose_config, compose_in_workdir
+from .conftest import CHEAP_METRIC_OVERRIDES, CONFIG_DIR, compose_config, compose_in_workdir, slurm_stand_ins
 from .test_distillation import save_diffusers_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -862,12 +862,7 @@ def test_evaluate_every_metric(quickstart, monkeypatch, inception_weights):
         f"metrics.fid.weights_path={inception_weights}",  # Inception, random weights in the real layout: offline
         f"metrics.kid.weights_path={inception_weights}",
         "reference.num_images=16",
-        "metrics.kid.subset_size=4",
-        "metrics.kid.num_subsets=3",
-        "metrics.throughput.batch_size=2",
-        "metrics.spectral.num_images=4",
-        "metrics.spectral.timesteps=[900,10]",
-        "metrics.spectral.num_bands=4",
+        *CHEAP_METRIC_OVERRIDES,
     ]
     cfg, metrics = run_readme(EVAL_ALL, quickstart.workdir, cheap, PATH=quickstart.ckpt)
     written = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
@@ -1172,11 +1167,7 @@ def test_slurm_command_gets_to_sbatch(tmp_path):
     """The command itself, with sbatch and srun stand-ins: it must get as far as submitting its sbatch script."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     bin_dir, captured = tmp_path / "bin", tmp_path / "captured.sh"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {captured}\necho "no job id here"\n')
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit looks for it before submitting
-    for tool in ("sbatch", "srun"):
-        (bin_dir / tool).chmod(0o755)
+    slurm_stand_ins(bin_dir, captured)
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1")
     work = tmp_path / "work"
     work.mkdir()

@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
 from spectral_diffusion.utils.run import task_wrapper
-from tests.conftest import compose_config
+from tests.conftest import compose_config, slurm_stand_ins
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -262,11 +262,7 @@ def test_slurm_launcher_writes_the_sbatch_script_lightning_ddp_needs(tmp_path, m
     assert (launcher_cfg.nodes, launcher_cfg.gpus_per_node, launcher_cfg.tasks_per_node) == (2, 8, 8)
 
     bin_dir, captured = tmp_path / "bin", tmp_path / "captured.sh"
-    bin_dir.mkdir()
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {captured}\necho "no job id here"\n')
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")  # submitit looks for it before submitting
-    for tool in ("sbatch", "srun"):
-        (bin_dir / tool).chmod(0o755)
+    slurm_stand_ins(bin_dir, captured)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
     launcher = instantiate(launcher_cfg)
