@@ -254,7 +254,6 @@ def sweep_command(prefix: str, budget: str, trials: int) -> list[str]:
         "hparams_search=fmnist_sd_distill_optuna",
         f"hydra.sweeper.n_trials={trials}",
         f"hydra.sweeper.study_name={prefix}_{budget}_sd_8x",
-        "+hydra.sweeper.params.callbacks.ema.decay=choice(0.99,0.995,0.999)",
         f"run_name={prefix}_{budget}_sweep_sd_8x",
         *model_overrides(run),
         "loss=spectral_distill",
@@ -267,6 +266,33 @@ def sweep_command(prefix: str, budget: str, trials: int) -> list[str]:
         f"callbacks.model_checkpoint.every_n_train_steps={max(steps // 4, 1)}",
         "callbacks.sample_grid=null",
         "logger=csv",
+    ]
+
+
+def sweep_dir(prefix: str, budget: str) -> Path:
+    """Where ``--stage sweep`` puts its Optuna trials (configs/hparams_search/fmnist_sd_distill_optuna.yaml)."""
+    return ROOT / "logs" / "train" / "optuna" / f"{prefix}_{budget}_sd_8x"
+
+
+def sweep_section(prefix: str, budget: str, trials_shown: int = 8) -> list[str]:
+    """Markdown lines: the sweep's trials as scripts/pareto.py tabled them (best first), if it ran."""
+    table = sweep_dir(prefix, budget) / "pareto.md"
+    if not table.is_file():
+        return []
+    rows = [line for line in table.read_text().splitlines() if line.startswith("| ") and not line.startswith("| run ")]
+    rows.sort(key=lambda line: float(line.split("|")[4]))  # the val/ddpm column
+    return [
+        "### Recipe sweep (Optuna, 8x SD student)",
+        "",
+        f"`python scripts/reproduce.py --budget {budget} --stage sweep`: `train.py -m "
+        "hparams_search=fmnist_sd_distill_optuna` (TPE over lr, lambda_s, lambda_f, alpha and the EMA decay; "
+        f"trials of {BUDGETS[budget]['sweep_steps']} steps, scored by val/ddpm), then `scripts/pareto.py`. "
+        f"The {min(trials_shown, len(rows))} best of {len(rows)} trials:",
+        "",
+        "| trial overrides | GMACs | params (M) | val/ddpm |",
+        "|---|---|---|---|",
+        *["|".join(line.split("|")[:5]) + "|" for line in rows[:trials_shown]],
+        "",
     ]
 
 
@@ -423,7 +449,9 @@ def front_table(rows: list[dict[str, Any]], teacher: dict[str, Any]) -> list[str
     return table
 
 
-def write_markdown(budget: str, rows: list[dict[str, Any]], figure: Path, findings: str, noise: list[str]) -> Path:
+def write_markdown(
+    budget: str, rows: list[dict[str, Any]], figure: Path, findings: str, noise: list[str], sweep: list[str]
+) -> Path:
     teacher = next(r for r in rows if r["family"] == "teacher")
     ablation_names = {"lite_8x", "sd_8x"} | {
         r.name for r in study_runs(True) if r.name.startswith(("sd_8x_", "lite_8x_"))
@@ -466,6 +494,7 @@ def write_markdown(budget: str, rows: list[dict[str, Any]], figure: Path, findin
             *noise,
             "",
         ]
+    lines += sweep
     if findings:
         lines += ["### Findings", "", findings, ""]
     out = ROOT / "docs" / "results.md"
@@ -490,7 +519,8 @@ def report_stage(prefix: str, budget: str, runs: list[Run], findings: str) -> No
     result = {"budget": budget, "rows": rows, "figure": str(figure.relative_to(ROOT))}
     (ROOT / "docs" / f"results_{budget}.json").write_text(json.dumps(result, indent=2) + "\n")
     noise = seed_noise(prefix, budget, runs)
-    print(f"wrote {write_markdown(budget, rows, figure, findings, noise)} and {figure}")
+    markdown = write_markdown(budget, rows, figure, findings, noise, sweep_section(prefix, budget))
+    print(f"wrote {markdown} and {figure}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -522,8 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.stage == "sweep":
         call(sweep_command(prefix, budget, args.trials), ROOT / "logs" / "train" / f"{prefix}_{budget}_sweep.log")
-        sweep_dir = ROOT / "logs" / "train" / "optuna" / f"{prefix}_{budget}_sd_8x"
-        call(["scripts/pareto.py", f"dirs={sweep_dir}", "metric=val/ddpm"], sweep_dir.with_suffix(".pareto.log"))
+        trials = sweep_dir(prefix, budget)
+        call(["scripts/pareto.py", f"dirs={trials}", "metric=val/ddpm"], trials.with_suffix(".pareto.log"))
         return 0
     if args.stage in ("all", "train"):
         train_stage(prefix, budget, runs)

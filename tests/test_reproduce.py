@@ -72,8 +72,17 @@ def test_report_reads_evaluate_metrics_and_prints_each_rows_command(tmp_path, mo
         command = reproduce.shown(reproduce.evaluate_command("repro", "cpu", sd_8x, seed))
         assert f"seed={seed}" in command and f"run_name=repro_cpu_sd_8x_seed{seed}" in command
         fake_evaluation(tmp_path / "logs" / "evaluate" / f"repro_cpu_sd_8x_seed{seed}", fd, 0.249 / 8, command)
+    trials = tmp_path / "logs" / "train" / "optuna" / "repro_cpu_sd_8x"  # as scripts/pareto.py tables a sweep
+    trials.mkdir(parents=True)
+    (trials / "pareto.md").write_text(
+        "| run | gmacs | params_m | val/ddpm | pareto | path |\n|---|---|---|---|---|---|\n"
+        "| loss.alpha=-1 | 0.0291 | 0.161 | 0.25 |  | a/metrics.json |\n"
+        "| loss.alpha=-0.5 | 0.0291 | 0.161 | 0.2 | yes | b/metrics.json |\n"
+    )
     assert reproduce.main(["--budget", "cpu", "--stage", "report"]) == 0
     text = (tmp_path / "docs" / "results.md").read_text()
+    best_first = "| loss.alpha=-0.5 | 0.0291 | 0.161 | 0.2 |\n| loss.alpha=-1 | 0.0291 | 0.161 | 0.25 |"
+    assert "The 2 best of 2 trials" in text and best_first in text
     assert "| 8x | 0.0311 | 13.00 | 0.0311 | 14.00 | 1.08 | 1.40x |" in text  # the width table
     assert "FD 14.00, 15.00, 16.00 at seeds 0, 1, 2; standard deviation 1.00, range 2.00 (14.3%" in text
     assert "| Teacher | 1.245 | 0.2490 | 1.0x | 10.00 | 1.00x |" in text

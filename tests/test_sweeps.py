@@ -234,6 +234,14 @@ def test_hparams_search_configs_compose_with_the_sweeper(tmp_path):
         assert sweeper._target_.endswith("SpectralOptunaSweeper") and sweeper.direction == "minimize"
         distributions, _ = search_space([f"{k}={v}" for k, v in sweeper.params.items()])
         assert "module.optimizer.lr" in distributions and distributions["module.optimizer.lr"].log
+    distill = compose_config("train", tmp_path, [f"{HPARAMS}=fmnist_sd_distill_optuna"]).hydra.sweeper.params
+    assert set(distill) == {
+        "module.optimizer.lr",
+        "loss.lambda_spatial",
+        "loss.lambda_freq",
+        "loss.alpha",
+        "callbacks.ema.decay",
+    }
 
 
 # -- SLURM ------------------------------------------------------------------------------------------
