@@ -16,8 +16,8 @@
 Each "mean" is over batch, channels and positions. With ``normalize_features=True`` (the default)
 each intermediate feature pair is first divided, per sample, by the root mean square of the
 teacher's feature (detached), so the loss of a feature is its relative error. Raw decoder features
-are not of one scale: in the Fashion-MNIST teacher their mean square grows from about 1 at t = 50
-to 20-100 at t = 950, and is 2-3x larger at 32x32 than at 8x8. Unnormalised, the feature terms
+are not of one scale: in the Fashion-MNIST teacher their mean square grows from 1-3 at t = 50 to
+20-100 at t = 950, and is 2-5x larger at 32x32 than at 8x8. Unnormalised, the feature terms
 (1.5 in a 4x student after 800 steps) buried the output term (0.02), and the student's own L_DDPM
 got worse (val 0.213 against 0.186 without distillation; normalised: 0.181). The output needs no
 such scaling: its target, an eps/v/x0 prediction, has unit scale by construction. Both terms see
