@@ -1,10 +1,14 @@
 """Reproduction of Spectral Diffusion on Fashion-MNIST, by train.py and evaluate.py alone.
 
-    python scripts/reproduce.py --budget cpu                      # teacher, Lite and SD at 4x/8x/18x
-    python scripts/reproduce.py --budget cpu --ablations          # + the ablations at 8x
+    python scripts/reproduce.py --budget cpu_short --ablations    # teacher, Lite and SD at 4x/8x/18x + ablations
     python scripts/reproduce.py --budget cpu --stage eval         # evaluate the runs that exist
+    python scripts/reproduce.py --budget cpu --stage noise        # the 8x SD student at seeds 1 and 2 too
     python scripts/reproduce.py --budget cpu --stage report       # rewrite docs/results.md from metrics.json
     python scripts/reproduce.py --budget cpu --stage sweep        # tune the 8x SD student's recipe (Optuna)
+    python scripts/reproduce.py --budget cpu --print-commands     # every command, nothing run
+
+Budgets: ``cpu_short`` (about two hours on 2 cores: teacher 2000 steps, students 800), ``cpu``
+(3000 steps each), ``gpu`` (20000 steps, 10k samples), ``smoke`` (the plumbing, in seconds).
 
 The study, under one budget (the same optimizer steps, batch size and evaluation for every model):
 
