@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -349,6 +350,7 @@ def seed_noise(prefix: str, budget: str, runs: list[Run]) -> list[str]:
 def write_figure(budget: str, rows: list[dict[str, Any]]) -> Path:
     """FD against GMACs (teacher, the Lite curve, the SD curve), and against training and sampling time."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -383,6 +385,8 @@ def write_figure(budget: str, rows: list[dict[str, Any]]) -> Path:
             elif r["name"].startswith(("sd_8x_", "lite_8x_")) and cost(r) is not None:
                 ax.scatter([cost(r)], [r["fd_fmnist"]], marker="x", s=50, label=r["label"])
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # crowded labels on a short log range
         ax.set_xlabel(xlabel + " (log)")
         ax.set_ylabel("FD (Fashion-MNIST classifier features)")
         ax.grid(alpha=0.3)
@@ -474,12 +478,15 @@ def write_markdown(
     lines = [
         f"## Budget: {budget}",
         "",
-        f"Written by `python scripts/reproduce.py --budget {budget}`. Protocol of every row (evaluate.py's "
+        f"Written by `python scripts/reproduce.py --budget {budget}{' --ablations' if len(ablations) > 2 else ''}`. Protocol of every row (evaluate.py's "
         f"record): {protocol_line(teacher['protocol'])}.",
         "",
         *table,
         "",
         f"![FD against GMACs, training and sampling time]({figure.name})",
+        "",
+        "Samples (64 per model, the same seeds for every model): "
+        + ", ".join(f"[{r['name']}]({r['grid']})" for r in rows if r.get("grid")),
         "",
         "Each row is re-made by its `evaluate.py` command:",
         "",
@@ -520,6 +527,11 @@ def report_stage(prefix: str, budget: str, runs: list[Run], findings: str) -> No
     if not any(r["family"] == "teacher" for r in rows):
         raise SystemExit("no evaluated teacher yet: run --stage eval first")
     figure = write_figure(budget, rows)
+    for row in rows:  # each row's sample grid (evaluate.py's samples.png, the same seeds for all) beside the page
+        grid = Path(row["samples_png"]) if row.get("samples_png") else None
+        if grid is not None and grid.is_file():
+            shutil.copyfile(grid, ROOT / "docs" / f"results_{budget}_{row['name']}.png")
+            row["grid"] = f"results_{budget}_{row['name']}.png"
     result = {"budget": budget, "rows": rows, "figure": str(figure.relative_to(ROOT))}
     (ROOT / "docs" / f"results_{budget}.json").write_text(json.dumps(result, indent=2) + "\n")
     noise = seed_noise(prefix, budget, runs)
