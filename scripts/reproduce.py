@@ -162,17 +162,21 @@ def train_command(prefix: str, budget: str, run: Run) -> list[str]:
 EVAL_OVERRIDES: list[str] = []
 
 
+def evaluation_name(prefix: str, budget: str, run: Run, seed: int = 0) -> str:
+    """The evaluate.py run name: the training run's, with ``_seedN`` for the seed-noise evaluations."""
+    return run_name(prefix, budget, run) + (f"_seed{seed}" if seed else "")
+
+
 def evaluate_command(prefix: str, budget: str, run: Run, seed: int = 0) -> list[str]:
     """The one protocol: ``evaluate.py`` on the run's last checkpoint (EMA weights).
 
     The table's numbers use seed 0; other seeds (``--stage noise``) measure the seed noise.
     """
     spec = BUDGETS[budget]
-    name = run_name(prefix, budget, run) + (f"_seed{seed}" if seed else "")
     return [
         "evaluate.py",
         f"ckpt_path={last_checkpoint(prefix, budget, run)}",
-        f"run_name={name}",
+        f"run_name={evaluation_name(prefix, budget, run, seed)}",
         "metrics=[fid,macs,params,throughput]",
         "metrics.fid.feature_extractor=fmnist_classifier",
         f"num_samples={spec['samples']}",
@@ -225,7 +229,7 @@ def train_stage(prefix: str, budget: str, runs: list[Run]) -> None:
 
 
 def evaluation_dir(prefix: str, budget: str, run: Run, seed: int = 0) -> Path:
-    return ROOT / "logs" / "evaluate" / (run_name(prefix, budget, run) + (f"_seed{seed}" if seed else ""))
+    return ROOT / "logs" / "evaluate" / evaluation_name(prefix, budget, run, seed)
 
 
 def evaluate_stage(prefix: str, budget: str, runs: list[Run], seeds: tuple[int, ...] = (0,)) -> None:
