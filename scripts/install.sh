@@ -20,6 +20,6 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,text,slurm,sweeps]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,text,slurm,sweeps,export,streaming]"
 .venv/bin/python -c "import torch, torchvision, lightning, hydra, pywt, diffusers, torchmetrics, wandb; \
 print(f'installed: torch {torch.__version__}, torchvision {torchvision.__version__}, lightning {lightning.__version__}')"
