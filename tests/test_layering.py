@@ -10,17 +10,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "spectral_diffusion"
 #: Lowest first. A package may import itself and the packages of lower layers, never its own layer's
 #: others or anything above.
 LAYERS = [
-    {"utils"},
+    {"utils", "deploy"},
     {"networks", "diffusion"},
     {"autoencoders"},
-    {"bundles"},
+    {"bundles", "pipelines"},
     {"teachers"},
     {"losses"},
     {"data"},
     {"inpainting"},
     {"assembly"},
     {"evaluation"},
-    {"training"},
+    {"training", "export"},
 ]
 LAYER_OF = {package: index for index, layer in enumerate(LAYERS) for package in layer}
 

@@ -38,6 +38,10 @@ from spectral_diffusion.utils.errors import ConfigError
 from spectral_diffusion.utils.stored_config import StoredConfigError
 
 
+class MissingStoredConfigError(ConfigError):
+    """A checkpoint without the run config ``train.py`` stores (the message says what to pass instead)."""
+
+
 def stored_network(checkpoint: dict[str, Any], config: dict[str, Any], use_ema: bool, source: str) -> nn.Module:
     """The network of a checkpoint's stored ``model`` config, with its (EMA) weights, in eval mode."""
     if "model" not in config:
@@ -95,7 +99,7 @@ def load_run(path: str | Path, use_ema: bool = True, model_cfg: DictConfig | Non
     source = f"checkpoint:{local.resolve()}"
     checkpoint, config = read_checkpoint(local)
     if config is None and model_cfg is None:
-        raise ConfigError(
+        raise MissingStoredConfigError(
             f"{source} holds no spectral_diffusion config; pass the model it was trained with, model=PRESET"
         )
     diffusion = stored_diffusion(checkpoint, config, source)

@@ -21,13 +21,25 @@ import torch
 from spectral_diffusion.autoencoders.base import FirstStage
 from spectral_diffusion.utils.diffusers_files import DiffusersFolderError, check_component, local_copy
 
-#: diffusers class name -> our ``kind``.
-SUPPORTED_CLASSES = {"AutoencoderKL": "kl", "VQModel": "vq"}
+#: diffusers class name -> our ``kind``. ``SpectralAutoencoderKL`` is this framework's KL autoencoder as
+#: ``scripts/export.py`` writes it into an exported latent model's ``vae/`` (``diffusers_kl.py``).
+SUPPORTED_CLASSES = {"AutoencoderKL": "kl", "VQModel": "vq", "SpectralAutoencoderKL": "kl"}
 KINDS = ("auto", "kl", "vq")
 EXPECTED_LAYOUT = (
     "a diffusers model directory with a config.json: vae/ holding an AutoencoderKL (Stable Diffusion layout, "
     "subfolder=vae) or vqvae/ holding a VQModel (CompVis LDM layout, subfolder=vqvae)"
 )
+
+
+def _model_class(class_name: str) -> type:
+    """The class that loads a component of ``SUPPORTED_CLASSES``: diffusers', or this framework's own."""
+    if class_name == "SpectralAutoencoderKL":
+        from spectral_diffusion.autoencoders.diffusers_kl import SpectralAutoencoderKL
+
+        return SpectralAutoencoderKL
+    import diffusers
+
+    return getattr(diffusers, class_name)
 
 
 class AutoencoderLoadError(ValueError):
@@ -72,11 +84,9 @@ class DiffusersAutoencoder(FirstStage):
             raise AutoencoderLoadError(
                 f"autoencoder.kind={kind} but {where} holds a {class_name} (kind {found}); use kind=auto or kind={found}"
             )
-        import diffusers
-
-        model_class = getattr(diffusers, class_name)
+        model_class = _model_class(class_name)
         try:
-            vae = model_class.from_pretrained(folder, use_safetensors=use_safetensors)
+            vae = model_class.from_pretrained(folder, use_safetensors=use_safetensors, low_cpu_mem_usage=False)
         except Exception as err:
             raise AutoencoderLoadError(f"cannot load the {class_name} in {where}: {type(err).__name__}: {err}") from err
 
@@ -87,7 +97,7 @@ class DiffusersAutoencoder(FirstStage):
         super().__init__(
             image_channels=config.in_channels,
             latent_channels=latent_channels,
-            downsample_factor=2 ** (len(config.block_out_channels) - 1),
+            downsample_factor=2 ** (len(config.get("block_out_channels") or config.get("channel_mult")) - 1),
             sample_posterior=sample_posterior and found == "kl",
         )
         self.vae = vae

@@ -221,8 +221,13 @@ class KLAutoencoder(nn.Module):
             dropout=dropout,
             image_size=image_size,
         )
+        self._architecture = {"in_channels": in_channels, **args}
         self.encoder = Encoder(in_channels, **args)
         self.decoder = Decoder(in_channels, **args)
+
+    def architecture(self) -> dict:
+        """The constructor arguments of this network (lists for sequences): ``KLAutoencoder(**arch)`` rebuilds it."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in self._architecture.items()}
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images -> ``(mean, logvar)`` of the posterior, logvar clamped to :data:`LOGVAR_RANGE`."""
