@@ -96,7 +96,9 @@ def latent_bundle(tmp: Path, kind: str) -> ModelBundle:
     """A class-conditional latent student with random weights, on the framework's KL autoencoder or a diffusers one."""
     torch.manual_seed(0)
     if kind == "framework":
-        first_stage = KLFirstStage(randomize(KLAutoencoder(in_channels=1, base_channels=8, latent_channels=3, head_channels=8), 1))
+        first_stage = KLFirstStage(
+            randomize(KLAutoencoder(in_channels=1, base_channels=8, latent_channels=3, head_channels=8), 1)
+        )
     else:
         from diffusers import AutoencoderKL
 
@@ -109,7 +111,11 @@ def latent_bundle(tmp: Path, kind: str) -> ModelBundle:
     first_stage.set_latent_stats([0.1, -0.2, 0.3], [1.5, 0.5, 2.0])
     model = unet_kwargs(8, 3, num_classes=4)
     network = randomize(UNet(**{k: v for k, v in model.items() if k != "_target_"}), 2).eval()
-    diffusion = {"_target_": "spectral_diffusion.diffusion.GaussianDiffusion", "schedule": "cosine", "prediction_type": "eps"}
+    diffusion = {
+        "_target_": "spectral_diffusion.diffusion.GaussianDiffusion",
+        "schedule": "cosine",
+        "prediction_type": "eps",
+    }
     return ModelBundle(
         network=network,
         diffusion=GaussianDiffusion("cosine", prediction_type="eps"),
@@ -174,12 +180,10 @@ def test_pixel_export_round_trips_through_diffusers(pixel_checkpoint, tmp_path):
 
 
 def test_pipeline_samples_equal_evaluate_py(pixel_checkpoint, tmp_path):
-    output = tmp_path / "export"
-    export(export_cfg(tmp_path, pixel_checkpoint, output))
     bundle = load_run(pixel_checkpoint)
     randomize(bundle.network)  # the same random weights into both, so the comparison sees a real network
-    export_diffusers(bundle, DDIMSampler(bundle.diffusion, steps=8, eta=1.0, clip_sample=True), output, overwrite=True)
     sampler = DDIMSampler(bundle.diffusion, steps=8, eta=1.0, clip_sample=True)
+    output = export_diffusers(bundle, sampler, tmp_path / "export")
     ours = evaluate_images(bundle, sampler, seed=5, count=3)
     theirs = pipeline_images(output, seed=5, count=3, steps=8)
     assert theirs.shape == (3, 1, 32, 32) and ours.std() > 0.05
@@ -274,6 +278,17 @@ def test_onnx_graph_matches_torch_with_a_dynamic_batch(onnx_export):
     assert record["format"] == "onnx" and record["parity"] == parity
 
 
+class Replay(CounterNoise):
+    """Hands the torch sampler, draw by draw, the step noise the numpy sampler drew."""
+
+    def __init__(self, recorded: list[np.ndarray]) -> None:
+        super().__init__(0, range(3))
+        self.recorded = list(recorded)
+
+    def randn(self, shape, device="cpu", dtype=torch.float32):
+        return torch.from_numpy(self.recorded.pop(0))
+
+
 def test_numpy_sampler_takes_the_torch_samplers_steps(onnx_export):
     bundle, sampler, output, _ = onnx_export
     model = onnx_sampler.OnnxDiffusionModel(output)
@@ -289,17 +304,11 @@ def test_numpy_sampler_takes_the_torch_samplers_steps(onnx_export):
 
         ours = onnx_sampler.ddim_sample_latents(model, noise, labels, steps=4, eta=eta, draw=draw)
 
-        class Replay(CounterNoise):  # hands the torch sampler the numpy sampler's draws
-            def randn(self, shape, device="cpu", dtype=torch.float32):
-                return torch.from_numpy(draws.pop(0)) if draws else torch.zeros(shape)
-
-        replay = Replay(0, range(3))
-        step_draws = list(draws)
-        draws[:] = step_draws
+        replay = Replay(draws)
         torch_sampler = DDIMSampler(bundle.diffusion, steps=4, eta=eta, clip_sample=True)
         theirs = sample(bundle.network, torch_sampler, (3, 1, 32, 32), replay, noise=torch.from_numpy(noise),
                         class_labels=torch.from_numpy(labels))  # fmt: skip
-        assert len(step_draws) == (3 if eta else 0)  # the last step (to alpha_bar 1) draws no noise
+        assert len(draws) == (3 if eta else 0) and replay.recorded == []  # the last step (to alpha_bar 1) draws none
         assert np.abs(ours - theirs.numpy()).max() < 1e-4, eta
 
 
@@ -404,3 +413,25 @@ def test_the_command_line_prints_one_message(pixel_checkpoint, tmp_path):
     )  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "format='bogus' is not one of ['diffusers', 'onnx']" in done.stderr
+
+
+def test_a_crafted_export_folder_runs_no_code(pixel_checkpoint, tmp_path):
+    """An exported folder is untrusted input, like a checkpoint: its run config and component configs are checked."""
+    from spectral_diffusion.bundles import DiffusersLoadError
+    from spectral_diffusion.utils.stored_config import StoredConfigError
+
+    output = tmp_path / "crafted"
+    export(export_cfg(tmp_path, pixel_checkpoint, output))
+    canary = tmp_path / "canary"
+    run_config = json.loads((output / "spectral_diffusion_config.json").read_text())
+    run_config["data"] = {"_target_": "builtins.open", "file": str(canary), "mode": "w"}
+    (output / "spectral_diffusion_config.json").write_text(json.dumps(run_config))
+    with pytest.raises(StoredConfigError, match="builtins.open"):
+        load_run(output)
+    run_config.pop("data")
+    (output / "spectral_diffusion_config.json").write_text(json.dumps(run_config))
+    unet_config = json.loads((output / "unet" / "config.json").read_text())
+    (output / "unet" / "config.json").write_text(json.dumps({**unet_config, "auto_map": {"x": "evil.Evil"}}))
+    with pytest.raises(DiffusersLoadError, match=r"asks for custom code \(auto_map\)"):
+        load_run(output)
+    assert not canary.exists()

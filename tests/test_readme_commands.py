@@ -148,6 +148,22 @@ INPAINT = (
     "python scripts/inpaint.py ckpt_path=PATH image=PATH mask=right_half|left_half|center|MASK.png "
     "method=newton|replace|dps"
 )
+EXPORT_DIFFUSERS = (
+    "python scripts/export.py ckpt_path=logs/train/quickstart/checkpoints/last.ckpt format=diffusers "
+    "output=exports/quickstart"
+)
+EXPORT_ONNX = (
+    "python scripts/export.py ckpt_path=logs/train/quickstart/checkpoints/last.ckpt format=onnx "
+    "output=exports/quickstart_onnx"
+)
+EVAL_EXPORT = (
+    'python evaluate.py ckpt_path=exports/quickstart "metrics=[fid,macs,params,throughput]" '
+    "metrics.fid.feature_extractor=fmnist_classifier"
+)
+SAMPLE_ONNX = (
+    "python exports/quickstart_onnx/sample_onnx.py exports/quickstart_onnx --num-samples 16 --seed 0 --out samples.png"
+)
+EVAL_HUB = "python evaluate.py ckpt_path=google/ddpm-cifar10-32 data=cifar10 metrics=[fid,kid,macs,params,throughput]"
 
 #: README command -> the test that runs a cheap variant of exactly it.
 RUNS: dict[str, str] = {
@@ -178,6 +194,10 @@ RUNS: dict[str, str] = {
     INSPECT: "test_inspect_data",
     GUIDANCE_SWEEP: "test_guidance_sweep",
     INPAINT: "test_inpaint",
+    EXPORT_DIFFUSERS: "test_export_and_deploy",
+    EXPORT_ONNX: "test_export_and_deploy",
+    EVAL_EXPORT: "test_export_and_deploy",
+    SAMPLE_ONNX: "test_export_and_deploy",
 }
 
 #: README command -> (why it cannot run here, the tests that check what can be checked).
@@ -197,6 +217,12 @@ CANNOT_RUN: dict[str, tuple[str, tuple[str, ...]]] = {
         "needs a SLURM cluster; composed instead, the launcher node resolved and instantiated, and the command "
         "run as far as sbatch (a stand-in that keeps the script)",
         ("test_slurm_launcher_node_resolves", "test_slurm_command_gets_to_sbatch"),
+    ),
+    EVAL_HUB: (
+        "downloads google/ddpm-cifar10-32 and CIFAR-10 from the network; a UNet2DModel folder saved by diffusers "
+        "(test_distillation.py: save_diffusers_teacher) is loaded by the same code path, and an exported folder "
+        "is evaluated in test_export_and_deploy",
+        ("test_export_and_deploy",),
     ),
     REPRODUCE: (
         "the cpu_short budget trains eleven models (2000 and 800 steps) for about two hours and writes into the repository's logs/ and docs/; "
@@ -253,6 +279,7 @@ SCRIPTS: dict[str, str] = {
     "scripts/inspect_data.py": "inspect_data",
     "scripts/inpaint.py": "inpaint",
     "scripts/pareto.py": "pareto",
+    "scripts/export.py": "export",
 }
 
 
@@ -351,6 +378,7 @@ ENTRY: dict[str, Callable[[DictConfig], Any]] = {
     "inspect_data": lambda cfg: script("inspect_data").inspect_data(cfg),
     "inpaint": lambda cfg: script("inpaint").run_inpaint(cfg),
     "pareto": lambda cfg: script("pareto").make_pareto(cfg),
+    "export": lambda cfg: script("export").export(cfg),
 }
 
 
@@ -1233,3 +1261,36 @@ def test_reproduce_cpu_budget_plan(tmp_path, monkeypatch):
     run = next(r for r in reproduce.study_runs(False) if r.name == "sd_8x")
     evaluated = compose_config("evaluate", tmp_path / "e", reproduce.evaluate_command("repro", "cpu_short", run)[1:])
     assert evaluated.num_samples == 1000 and evaluated.sampler.steps == 50 and evaluated.quantize == "round"
+
+
+# == scripts/export.py: Export and deploy ===========================================================
+def test_export_and_deploy(quickstart, tmp_path, monkeypatch):
+    """The quickstart's checkpoint exported both ways, the diffusers folder scored by evaluate.py, the ONNX
+    folder sampled by its own numpy + onnxruntime script in a process that cannot import torch."""
+    from spectral_diffusion import SpectralDiffusionPipeline
+    from spectral_diffusion.evaluation.fmnist_classifier import FMNISTClassifier
+
+    workdir = quickstart.workdir
+    monkeypatch.chdir(workdir)
+    _, exported = run_readme(EXPORT_DIFFUSERS, workdir, [])
+    assert exported["output"] == "exports/quickstart" and (workdir / "exports/quickstart/unet/config.json").is_file()
+    pipe = SpectralDiffusionPipeline.from_pretrained(workdir / "exports/quickstart")
+    assert pipe.config.num_inference_steps == 50 and type(pipe.scheduler).__name__ == "DDIMScheduler"
+    _, onnx_result = run_readme(EXPORT_ONNX, workdir, [])
+    assert onnx_result["denoiser_max_abs_diff"] < 1e-4 and (workdir / "exports/quickstart_onnx/denoiser.onnx").is_file()
+
+    torch.manual_seed(0)  # the offline extractor's architecture with random weights, instead of training it
+    classifier = tmp_path / "classifier.pt"
+    torch.save(FMNISTClassifier(width=4, num_features=8).state_dict(), classifier)
+    cheap = [*TINY_EVAL, f"metrics.fid.weights_path={classifier}", "reference.num_images=16"]
+    cheap.append("metrics.throughput.batch_size=2")
+    cfg, metrics = run_readme(EVAL_EXPORT, workdir, cheap)
+    assert finite(metrics["fd_fmnist"], metrics["gmacs"], metrics["samples_per_s"]) and metrics["weights"] == "ema"
+    assert metrics["global_step"] == 2  # the exported checkpoint's, from export.json
+
+    block_torch = "import runpy, sys; sys.modules['torch'] = None; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    args = shlex.split(SAMPLE_ONNX)[1:] + ["--steps", "2"]
+    done = subprocess.run([sys.executable, "-c", block_torch, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "16 samples" in done.stdout
+    assert Image.open(workdir / "samples.png").size == (4 * (32 + 2) + 2,) * 2  # a 4x4 grid, 2-pixel borders

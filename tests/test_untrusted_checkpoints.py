@@ -256,7 +256,7 @@ def test_diffusers_folder_asking_for_custom_code_is_refused(tmp_path, traps):
     config.pop("auto_map")
     config["_class_name"] = "EvilUNet"  # a class the folder would bring along
     (unet / "config.json").write_text(json.dumps(config))
-    with pytest.raises(Exception, match=r"holds a EvilUNet; supported are \['UNet2DModel'\]"):
+    with pytest.raises(Exception, match=r"holds a EvilUNet; supported are \['UNet2DModel', 'SpectralUNet2DModel'\]"):
         diffusers_teacher(str(folder))
     assert_nothing_happened(traps)
 

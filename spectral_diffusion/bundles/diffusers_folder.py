@@ -47,7 +47,8 @@ EXPORT_RECORD = "export.json"
 LAYOUT_HELP = (
     "expected a diffusers model laid out as unet/ (UNet2DModel) + scheduler/ (scheduler_config.json), "
     "optionally with vqvae/ (VQModel) or vae/ (AutoencoderKL), like CompVis/ldm-celebahq-256; or a UNet2DModel "
-    "config.json and scheduler_config.json at the top level, like google/ddpm-cifar10-32"
+    "config.json and scheduler_config.json at the top level, like google/ddpm-cifar10-32; or a folder written by "
+    "scripts/export.py format=diffusers (unet/ holding a SpectralUNet2DModel)"
 )
 
 

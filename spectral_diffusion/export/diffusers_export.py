@@ -148,9 +148,11 @@ def export_diffusers(
     )
     cost = cost_metrics(bundle, sampler)
     record = export_record(bundle, sampler, "diffusers", cost=cost)
-    labels = ", class_labels=[i % {n} for i in range(16)]".format(n=bundle.num_classes) if bundle.num_classes else ""
+    labels = f", class_labels=[i % {bundle.num_classes} for i in range(16)]" if bundle.num_classes else ""
     sampling = {"scheduler": record["sampler"]["scheduler"], **defaults}
-    card = model_card(output.name, bundle, cost, sampling, USAGE.format(where=output, labels=labels), quality, str(output))
+    card = model_card(
+        output.name, bundle, cost, sampling, USAGE.format(where=output, labels=labels), quality, str(output)
+    )
     with staged_folder(output, overwrite) as folder:
         (folder / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         pipe.save_pretrained(folder, safe_serialization=True)

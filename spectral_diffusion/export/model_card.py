@@ -92,7 +92,9 @@ def model_card(
     if "gmacs_per_sample_total" in cost:
         lines.append(f"| GMACs per sample (all steps + decoder) | {cost['gmacs_per_sample_total']:.3f} |")
     if bundle.first_stage is not None:
-        lines.append(f"| autoencoder parameters (M) / decoder GMACs | {cost['first_stage_params_m']:.3f} / {cost['gmacs_decoder']:.4f} |")
+        lines.append(
+            f"| autoencoder parameters (M) / decoder GMACs | {cost['first_stage_params_m']:.3f} / {cost['gmacs_decoder']:.4f} |"
+        )
     lines += ["", "GMACs: convolutions, linear layers and attention products (FlopCounterMode FLOPs / 2).", ""]
     lines += ["## Quality", ""]
     if quality is None:

@@ -16,9 +16,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from spectral_diffusion.utils.errors import UserError
-
 from spectral_diffusion.bundles.diffusers_folder import EXPORT_RECORD  # marks a folder as an export
+from spectral_diffusion.utils.errors import UserError
 
 
 class ExportError(UserError, ValueError):
