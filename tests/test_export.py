@@ -240,6 +240,20 @@ def test_exported_student_serves_as_a_diffusers_teacher(pixel_checkpoint, tmp_pa
     assert teacher.prediction_type == "v" and teacher.input_shape == (1, 32, 32)
 
 
+def test_a_student_distils_from_an_exported_student(pixel_checkpoint, train_cfg, tmp_path):
+    """teacher=diffusers on an exported folder, through train.py, with the features and frequency terms."""
+    from .test_distillation import run_distillation
+
+    output = tmp_path / "teacher"
+    export(export_cfg(tmp_path, pixel_checkpoint, output))
+    cfg, ckpt = run_distillation(train_cfg, "teacher=diffusers", f"teacher.path={output}", "diffusion=linear_v")
+    assert ckpt["global_step"] == cfg.trainer.max_steps
+    assert ckpt["spectral_diffusion"]["teacher"]["source"] == f"diffusers:{output}"
+    assert any(k.startswith("loss.adapters.") for k in ckpt["state_dict"])  # decoder features were paired
+    metrics = (Path(cfg.paths.output_dir) / "csv" / "metrics.csv").read_text()
+    assert "train/spatial" in metrics and "train/freq" in metrics
+
+
 # -- ONNX ----------------------------------------------------------------------------------------------
 
 
