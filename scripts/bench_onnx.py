@@ -6,8 +6,8 @@
 Each model is the Fashion-MNIST preset of the cpu_short study (``scripts/reproduce.py``: the teacher
 ``fmnist_small``, the SD students ``fmnist_sd`` at 8x and 18x fewer GMACs), with random weights
 (speed does not depend on them; every layer random, so the parity column compares real outputs), exported by ``spectral_diffusion/export/onnx_export.py`` exactly
-as ``scripts/export.py format=onnx`` exports it. Timed, in one process, torch and ONNX Runtime
-taking turns within every repeat so that a change in the machine's load hits both alike:
+as ``scripts/export.py format=onnx`` exports it. Timed in one process, one engine after
+the other (interleaving them slowed torch down: ONNX Runtime's threads spin-wait after each run):
 
 - ``latency``: one denoiser call (median over ``--repeats`` x 5 calls after two warm-up calls);
 - ``samples/s``: a whole DDIM run of ``--steps`` steps, eta 1 (``diffusion/samplers.py: sample`` for
@@ -101,15 +101,15 @@ def bench_model(name: str, batches: list[int], steps: int, repeats: int, folder:
             draw = onnx_sampler.per_sample_draws(0, list(range(batch)))
             onnx_sampler.ddim_sample_latents(model, draw((batch, *bundle.shape)), None, steps, 1.0, draw)
 
-        for call in (torch_call, onnx_call, torch_call, onnx_call):  # warm-up
-            call()
-        latency = {"torch": [], "onnx": []}
-        runs = {"torch": [], "onnx": []}
-        for _ in range(repeats):
-            latency["torch"].append(median_seconds(torch_call, 5))
-            latency["onnx"].append(median_seconds(onnx_call, 5))
-            runs["torch"].append(median_seconds(torch_run, 1))
-            runs["onnx"].append(median_seconds(onnx_run, 1))
+        latency: dict[str, list[float]] = {}
+        runs: dict[str, list[float]] = {}
+        # One engine after the other, not interleaved: ONNX Runtime's worker threads spin-wait after each
+        # run (its default), which took CPU from torch calls made right after them and halved torch's speed.
+        for engine, call, run in (("torch", torch_call, torch_run), ("onnx", onnx_call, onnx_run)):
+            call(), call()  # warm-up
+            latency[engine] = [median_seconds(call, 5) for _ in range(repeats)]
+            runs[engine] = [median_seconds(run, 1) for _ in range(repeats)]
+            time.sleep(1.0)
         row = {"model": name, "gmacs": gmacs, "batch": batch, "steps": steps, **parity}
         for engine in ("torch", "onnx"):
             row[f"{engine}_latency_ms"] = 1e3 * statistics.median(latency[engine])
