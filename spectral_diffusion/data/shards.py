@@ -145,11 +145,6 @@ def _split_plan(
 ) -> tuple[Callable[[int], dict], list[int], dict[str, Any]] | None:
     """``(item function, indices, sidecar fields)`` of one split, or ``None`` when the module has no such split."""
     if kind == "latents":
-        if not isinstance(datamodule, LatentDataModule):
-            raise ShardSetError(
-                f"kind=latents writes cached latents: give data=latents data.path=STORE (a store of "
-                f"scripts/encode_latents.py), not data={type(datamodule).__name__}"
-            )
         entries = datamodule.train_entries if split == "train" else datamodule.val_entries
         if entries is None:
             return None
@@ -164,8 +159,6 @@ def _split_plan(
             "has_labels": store.labels is not None,
         }
         return LatentItems(datamodule, split), [int(e) for e in entries], fields
-    if getattr(datamodule, "provides_latents", False):
-        raise ShardSetError("data=latents holds cached latents: write them with kind=latents")
     dataset = datamodule.train_set if split == "train" else datamodule.val_set
     if dataset is None or len(dataset) == 0:
         return None
@@ -264,6 +257,34 @@ def _check_target(uri: str, request: dict[str, Any], overwrite: bool, storage_op
     return None
 
 
+def _optimize(
+    output: str,
+    items: Callable[[int], dict],
+    indices: list[int],
+    mode: str | None,
+    chunk_bytes: str,
+    num_workers: int,
+    start_method: str | None,
+    storage_options: dict[str, Any],
+) -> None:
+    import litdata
+
+    litdata.optimize(
+        fn=items,
+        inputs=indices,
+        output_dir=output,
+        chunk_bytes=chunk_bytes,
+        num_workers=max(1, num_workers),
+        reorder_files=False,
+        keep_data_ordered=True,  # the source's order, and what use_checkpoint needs
+        use_checkpoint=mode is None,  # records progress, so that the same command resumes
+        mode=mode,
+        start_method=start_method,
+        storage_options=storage_options,
+        verbose=True,
+    )
+
+
 def write_split(
     datamodule: Any,
     split: str,
@@ -282,34 +303,31 @@ def write_split(
     ``random_flip`` records whether the source config flipped its training images (the default of
     ``data=streaming``); the images themselves are written unflipped.
     """
-    import litdata
-
     storage_options = dict(storage_options or {})
     plan = _split_plan(datamodule, kind, split, num_workers)
     if plan is None:
         log.info("%s has no %s split: nothing written for it", type(datamodule).__name__, split)
         return None
     items, indices, fields = plan
-    request = {"kind": kind, "split": split, "source": source or {}, "count": len(indices)}
+    request = {
+        "kind": kind,
+        "split": split,
+        "source": source or {},
+        "count": len(indices),
+        "sample_shape": fields["sample_shape"],
+        "encoding": fields.get("encoding"),
+    }
     mode = _check_target(output, request, overwrite, storage_options)
     sidecar = {"format": FORMAT, "complete": False, "request": request, "count": len(indices), "split": split}
     sidecar.update(fields, source=source or {}, random_flip=bool(random_flip) and split == "train")
     _put_text(join(output, SIDECAR), json.dumps(sidecar, indent=2) + "\n", storage_options)
-    litdata.optimize(
-        fn=items,
-        inputs=indices,
-        output_dir=output,
-        chunk_bytes=chunk_bytes,
-        num_workers=max(1, num_workers),
-        reorder_files=False,
-        keep_data_ordered=True,
-        use_checkpoint=mode is None,  # records progress, so that the same command resumes
-        mode=mode,
-        start_method=start_method,
-        storage_options=storage_options,
-        verbose=True,
-    )
+    finished = mode is None and fetch_text(join(output, INDEX), None, storage_options) is not None
+    if finished:  # killed after LitData's last write (its index) and before the sidecar's
+        log.info("%s: LitData's write had finished; completing the shard set", output)
+    else:
+        _optimize(output, items, indices, mode, chunk_bytes, num_workers, start_method, storage_options)
     if fields.get("text_embeddings"):
+
         table = datamodule.train_set.table if split == "train" else datamodule.val_set.table
 
         def save(path: str) -> None:
@@ -336,6 +354,13 @@ def write_shards(
     """Write ``<output>/<split>`` for each split the DataModule has; ``{split: sidecar}``. Options: :func:`write_split`."""
     if kind not in KINDS:
         raise ShardSetError(f"kind={kind!r} must be one of {', '.join(KINDS)}")
+    if kind == "latents" and not isinstance(datamodule, LatentDataModule):
+        raise ShardSetError(
+            f"kind=latents writes cached latents: give data=latents data.path=STORE (a store of "
+            f"scripts/encode_latents.py), not data={type(datamodule).__name__}"
+        )
+    if kind == "images" and getattr(datamodule, "provides_latents", False):
+        raise ShardSetError("data=latents holds cached latents: write them with kind=latents")
     # Shards hold the images as stored; flips are drawn when they are read (data.random_flip).
     flipping = [m for m in (datamodule, getattr(datamodule, "images", None)) if hasattr(m, "random_flip")]
     random_flip = any(bool(m.random_flip) for m in flipping)
