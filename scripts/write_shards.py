@@ -41,7 +41,12 @@ def write(cfg: DictConfig) -> dict[str, Any]:
         storage_options=OmegaConf.to_container(cfg.storage_options, resolve=True),
     )
     counts = {split: sidecar["count"] for split, sidecar in written.items()}
-    log.info("shards: %s in %s (train with: python train.py data=streaming data.input_dir=%s)", counts, cfg.output, cfg.output)
+    log.info(
+        "shards: %s in %s (train with: python train.py data=streaming data.input_dir=%s)",
+        counts,
+        cfg.output,
+        cfg.output,
+    )
     return counts
 
 

@@ -21,7 +21,7 @@ from spectral_diffusion.data import FashionMNISTDataModule, ImageFolderDataModul
 from spectral_diffusion.data.image_dataset import UnreadableImageError
 from spectral_diffusion.data.shard_format import SIDECAR, ShardSetError, read_index
 from spectral_diffusion.data.shards import write_shards
-from spectral_diffusion.data.streaming import ResumableStreamingDataLoader, StreamingDataModule
+from spectral_diffusion.data.streaming import ResumableStreamingDataLoader, ShardSamples, StreamingDataModule
 from spectral_diffusion.data.text_embeddings import TextEmbeddingDataModule, TextEmbeddings
 from tests.conftest import write_idx
 from tests.train_subprocess import assert_same_training_state, describe, load, run_train
@@ -128,7 +128,10 @@ def test_encoded_images_keep_their_bytes_and_unreadable_ones_are_reported_and_le
     sidecar = written["train"]
     assert sidecar["count"] == 4 and sidecar["encoding"] == "source" and sidecar["resolution"] == 8
     assert len(sidecar["skipped"]) == 1 and "c_truncated.jpg" in sidecar["skipped"][0]
-    assert any("left 1 unreadable image(s) out" in r.getMessage() and "c_truncated.jpg" in r.getMessage() for r in caplog.records)
+    assert any(
+        "left 1 unreadable image(s) out" in r.getMessage() and "c_truncated.jpg" in r.getMessage()
+        for r in caplog.records
+    )
     # The chunks hold the files' own bytes, not re-encoded ones.
     from litdata import StreamingDataset
 
@@ -140,19 +143,13 @@ def test_encoded_images_keep_their_bytes_and_unreadable_ones_are_reported_and_le
     dm = streaming(tmp_path / "shards", validation="none")
     assert dm.image_shape == (3, 8, 8) and dm.val_set is None and dm.val_dataloader() == []
     source.setup("fit")
-    samples = ShardSamplesOf(dm)
+    samples = ShardSamples(dm.train_set)  # the stored order: the source's
     for position, index in enumerate((0, 1, 3, 4)):
         assert torch.equal(samples[position][0], source.train_set.load(index))
 
     strict = ImageFolderDataModule(str(folder), resolution=8, val_fraction=0, on_corrupt="error", num_workers=0)
     with pytest.raises(UnreadableImageError, match=r"c_truncated\.jpg.*leave it out of the shards"):
         write_shards(strict, str(tmp_path / "strict"), **FAST)
-
-
-def ShardSamplesOf(dm: StreamingDataModule):
-    from spectral_diffusion.data.streaming import ShardSamples
-
-    return ShardSamples(dm.train_set)
 
 
 def latent_store(path: Path, count: int, shape=(4, 4, 4), labels=True) -> None:
@@ -187,7 +184,9 @@ def test_latents_round_trip_with_their_normalisation(tmp_path):
     reference = source.val_store.normalised(np.arange(8))
     assert torch.equal(torch.stack([v[0] for v in val]), reference)  # the store's own normalisation, exactly
     assert [int(v[1]) for v in val] == source.val_store.labels.tolist()
-    with pytest.raises(ShardSetError, match=r"data.latent_shape=\[4, 8, 8\] but the shards .* hold latents of shape \[4, 4, 4\]"):
+    with pytest.raises(
+        ShardSetError, match=r"data.latent_shape=\[4, 8, 8\] but the shards .* hold latents of shape \[4, 4, 4\]"
+    ):
         streaming(tmp_path / "shards", latent_shape=[4, 8, 8])
     with pytest.raises(ShardSetError, match="kind=latents writes cached latents: give data=latents"):
         write_shards(fmnist(tmp_path), str(tmp_path / "wrong"), kind="latents", **FAST)

@@ -219,7 +219,8 @@ def _foreign_entries(folder: Path) -> list[str]:
     return sorted(
         p.name
         for p in folder.iterdir()
-        if p.name not in _OWN_FILES and not (p.name.startswith("chunk-") or p.name.endswith((".lock", ".tmp")))
+        if p.name not in _OWN_FILES
+        and not (p.name.startswith("chunk-") or p.name.endswith((".lock", ".tmp")))
         and not p.name.startswith(f".{SIDECAR}.tmp")
     )
 
@@ -237,7 +238,9 @@ def _check_target(uri: str, request: dict[str, Any], overwrite: bool, storage_op
     meta = json.loads(text) if text else None
     if meta is None:
         if not is_remote(uri) and (Path(uri) / INDEX).is_file():
-            raise ShardSetError(f"output {uri} holds a LitData dataset that this framework did not write; it is left alone")
+            raise ShardSetError(
+                f"output {uri} holds a LitData dataset that this framework did not write; it is left alone"
+            )
         return None
     if meta.get("complete"):
         if not overwrite:
@@ -327,7 +330,6 @@ def write_split(
     else:
         _optimize(output, items, indices, mode, chunk_bytes, num_workers, start_method, storage_options)
     if fields.get("text_embeddings"):
-
         table = datamodule.train_set.table if split == "train" else datamodule.val_set.table
 
         def save(path: str) -> None:
