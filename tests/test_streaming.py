@@ -90,6 +90,14 @@ def test_pixel_data_round_trips_exactly_and_an_epoch_covers_the_training_split(n
     assert order != [key(source.train_set[i][0]) for i in range(64)]  # LitData shuffled it
 
 
+def test_validation_may_read_the_original_data_module(noisy_fmnist, fmnist_shards):
+    source = fmnist(noisy_fmnist, batch_size=8)
+    dm = streaming(fmnist_shards, val_source=source)
+    assert dm.val_set is source.val_set
+    images = torch.cat([x for x, _ in dm.val_dataloader()])
+    assert torch.equal(images, torch.stack([source.val_set[i][0] for i in range(24)]))
+
+
 def test_training_flips_are_keyed_by_seed_epoch_and_index(fmnist_shards):
     plain = {key(im) for im, _ in streaming(fmnist_shards, random_flip=False).val_set}  # unflipped reference
     train = streaming(fmnist_shards, random_flip=False).train_set
