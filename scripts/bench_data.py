@@ -11,7 +11,7 @@ lays them out as the DataModules read them:
 - ``lmdb``: ``LSUNDataModule`` over an lmdb database keyed as LSUN is, with the JPEG values, and
   again with the WebP values (LSUN's own format);
 - ``shards``: ``StreamingDataModule`` (``data=streaming``) over LitData shards that
-  ``data/shards.py`` wrote from the folder (the same JPEG bytes, 64 MB chunks), read in place from
+  ``data/shards.py`` wrote from the folder (the same JPEG bytes, ``--chunk-bytes`` chunks), read in place from
   the local directory; LitData's shuffle, the same decode, crop, resize and flips; and the same
   shards as a ``local:`` URI, LitData's stand-in for object storage, read through its cache
   directory (filled by the first epoch, which the warm-up of the first repeat mostly covers).
@@ -84,7 +84,7 @@ def encode(image: Image.Image, fmt: str) -> bytes:
 
 
 def write_layouts(
-    root: Path, count: int, width: int, height: int, seed: int, resolution: int
+    root: Path, count: int, width: int, height: int, seed: int, resolution: int, chunk_bytes: str
 ) -> dict[str, tuple[str, float]]:
     """Write the five layouts under ``root``; ``{name: (data.root, mean bytes per image)}``."""
     rng = np.random.default_rng(seed)
@@ -111,7 +111,9 @@ def write_layouts(
     webp_bytes = statistics.mean(len(v) for v in webp.values())
     # The shards of the folder: its JPEG bytes as they are, through write_shards.py's code path.
     source = ImageFolderDataModule(str(folder), resolution=resolution, val_fraction=0, random_flip=False, num_workers=0)
-    write_shards(source, str(root / "shards"), splits=("train",), num_workers=1, start_method="fork")
+    write_shards(
+        source, str(root / "shards"), splits=("train",), chunk_bytes=chunk_bytes, num_workers=1, start_method="fork"
+    )
     return {
         "folder (JPEG files)": (str(folder), jpeg_bytes),
         "zip (JPEG members, stored)": (str(root / "images.zip"), jpeg_bytes),
@@ -165,13 +167,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--chunk-bytes",
+        default="4MB",
+        help="LitData chunk size of the shards: small enough that each loader worker gets several chunks of the "
+        "small benchmark set, as it does of a real data set with write_shards.py's 64MB",
+    )
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     torch.manual_seed(args.seed)
 
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         args.cache_dir = str(Path(tmp) / "litdata_cache")
-        layouts = write_layouts(Path(tmp), args.count, width, height, args.seed, args.resolution)
+        layouts = write_layouts(Path(tmp), args.count, width, height, args.seed, args.resolution, args.chunk_bytes)
         load_before = os.getloadavg()
         times: dict[tuple[str, int], list[float]] = {}
         cpu: dict[str, list[float]] = {}
