@@ -37,6 +37,7 @@ def write(cfg: DictConfig) -> dict[str, Any]:
         chunk_bytes=cfg.chunk_bytes,
         num_workers=int(cfg.num_workers),
         overwrite=bool(cfg.overwrite),
+        start_method=cfg.start_method,
         source={"data": OmegaConf.to_container(cfg.data, resolve=True)},
         storage_options=OmegaConf.to_container(cfg.storage_options, resolve=True),
     )
