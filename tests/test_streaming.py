@@ -310,11 +310,13 @@ def _rank_images(rank: int, world: int, port: int, shards: str, out: str) -> Non
         dm = streaming(shards, num_workers=2, random_flip=False)
         images = [key(im) for batch, _ in dm.train_dataloader() for im in batch]
         Path(out, f"rank{rank}.bin").write_bytes(b"".join(images))
+        validation = [key(im) for batch, _ in dm.val_dataloader() for im in batch]
+        Path(out, f"rank{rank}_val.bin").write_bytes(b"".join(validation))
     finally:
         torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch(noisy_fmnist, fmnist_shards, tmp_path):
+def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch_and_validate_once(noisy_fmnist, fmnist_shards, tmp_path):
     torch.multiprocessing.start_processes(
         _rank_images, args=(2, _free_port(), str(fmnist_shards), str(tmp_path)), nprocs=2, start_method="fork"
     )
@@ -328,6 +330,9 @@ def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch(noisy_fmn
     source.setup("fit")
     assert not ranks[0] & ranks[1]
     assert ranks[0] | ranks[1] == {key(source.train_set[i][0]) for i in range(64)}
+    # Validation: each rank its block of the held-out shards, in order, every image exactly once.
+    val = b"".join((tmp_path / f"rank{rank}_val.bin").read_bytes() for rank in (0, 1))
+    assert val == b"".join(key(source.val_set[i][0]) for i in range(24))
 
 
 RESUME_SETTINGS = (

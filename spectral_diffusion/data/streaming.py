@@ -99,13 +99,18 @@ class ShardDataset(StreamingDataset):
 
 
 class ShardSamples(Dataset):
-    """A shard set as a map-style dataset, in its stored order (validation, reference statistics, scripts)."""
+    """A shard set as a map-style dataset, in its stored order (validation, reference statistics, scripts).
 
-    def __init__(self, shards: ShardDataset) -> None:
+    Its length is the whole set's, from the index: under DDP a ``StreamingDataset``'s own length is
+    one rank's share, and the evaluation sampler does the sharing here.
+    """
+
+    def __init__(self, shards: ShardDataset, count: int | None = None) -> None:
         self.shards = shards
+        self.count = len(shards) if count is None else int(count)
 
     def __len__(self) -> int:
-        return len(self.shards)
+        return self.count
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         if not 0 <= index < len(self):
@@ -139,6 +144,11 @@ class ResumableStreamingDataLoader(StreamingDataLoader):
         state["latest_worker_idx"] = (consumed - 1) % workers if consumed else 0
         state["dataset"] = self.dataset.state_dict(samples, self.num_workers, self.batch_size)
         return state
+
+
+def item_count(index: dict[str, Any]) -> int:
+    """The number of items of a shard set, from its LitData index (all ranks together)."""
+    return sum(int(chunk["chunk_size"]) for chunk in index["chunks"])
 
 
 def check_writable(cache_dir: str) -> Path:
@@ -235,7 +245,7 @@ class StreamingDataModule(L.LightningDataModule):
         self._check_shape(resolution, latent_shape)
         self.val_meta = None
         if self.val_dir is not None and validation == "shards" and val_source is None:
-            read_index(self.val_dir, self.cache_dir, self.storage_options)
+            self.val_count = item_count(read_index(self.val_dir, self.cache_dir, self.storage_options))
             self.val_meta = read_sidecar(self.val_dir, self.cache_dir, self.storage_options)
             if self.val_meta["sample_shape"] != self.meta["sample_shape"]:
                 raise ShardSetError(
@@ -326,7 +336,7 @@ class StreamingDataModule(L.LightningDataModule):
             self.val_source.setup(stage)
             self.val_set = self.val_source.val_set
         elif self.val_meta is not None:
-            self.val_set = ShardSamples(self._dataset(self.val_dir, self.val_meta, train=False))
+            self.val_set = ShardSamples(self._dataset(self.val_dir, self.val_meta, train=False), self.val_count)
         log.info(
             "shards from %s: %d train, %s validation samples of shape %s",
             self.train_dir,
@@ -338,11 +348,10 @@ class StreamingDataModule(L.LightningDataModule):
     def train_dataloader(self) -> StreamingDataLoader:
         if self.train_set is None:
             raise RuntimeError("StreamingDataModule.setup() must run before its dataloaders are asked for")
-        world = int(self.trainer.world_size) if self.trainer is not None else 1
-        if len(self.train_set) < self.batch_size * world:
+        if len(self.train_set) < self.batch_size:  # under DDP, len() is this rank's share
             raise ShardSetError(
-                f"the training shards hold {len(self.train_set)} samples, fewer than one batch on each of the "
-                f"{world} process(es) (data.batch_size={self.batch_size}); lower data.batch_size"
+                f"this process's share of the training shards is {len(self.train_set)} samples, fewer than "
+                f"data.batch_size={self.batch_size}; lower data.batch_size"
             )
         return ResumableStreamingDataLoader(
             self.train_set,
