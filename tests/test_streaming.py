@@ -297,6 +297,26 @@ def test_loader_state_of_the_consumed_batches_resumes_exactly(fmnist_shards):
     assert [key(x[0]) for x, _ in resumed] == reference[3:]
 
 
+def test_resuming_with_other_loader_workers_is_warned_and_repeats_nothing(fmnist_shards, caplog):
+    def loader(workers):
+        dm = streaming(fmnist_shards, num_workers=workers)
+        return ResumableStreamingDataLoader(
+            dm.train_set, batch_size=8, num_workers=workers, drop_last=True, consumed_batches=lambda: 3
+        )
+
+    first = loader(2)
+    it = iter(first)
+    seen = [key(im) for _ in range(3) for im in next(it)[0]]
+    state = first.state_dict()
+    del it
+    resumed = loader(0)
+    with caplog.at_level(logging.WARNING):
+        resumed.load_state_dict(state)
+    assert any("num_workers 2 -> 1" in r.getMessage() for r in caplog.records)
+    rest = [key(im) for batch, _ in resumed for im in batch]
+    assert len(set(seen + rest)) == len(seen + rest)  # LitData's elastic resume: no image twice
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -316,7 +336,9 @@ def _rank_images(rank: int, world: int, port: int, shards: str, out: str) -> Non
         torch.distributed.destroy_process_group()
 
 
-def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch_and_validate_once(noisy_fmnist, fmnist_shards, tmp_path):
+def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch_and_validate_once(
+    noisy_fmnist, fmnist_shards, tmp_path
+):
     torch.multiprocessing.start_processes(
         _rank_images, args=(2, _free_port(), str(fmnist_shards), str(tmp_path)), nprocs=2, start_method="fork"
     )

@@ -145,6 +145,21 @@ class ResumableStreamingDataLoader(StreamingDataLoader):
         state["dataset"] = self.dataset.state_dict(samples, self.num_workers, self.batch_size)
         return state
 
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("dataset") or {}
+        now = {"world_size": self.dataset.distributed_env.world_size, "num_workers": max(1, self.num_workers)}
+        changed = {k: (saved[k], v) for k, v in now.items() if k in saved and int(saved[k]) != v}
+        if changed:
+            # LitData deals chunks to ranks x workers: another layout continues the epoch without
+            # repeating a sample, but in another order than the uninterrupted run (docs/data.md).
+            log.warning(
+                "resuming streaming data with another layout (%s): LitData continues the epoch without repeats, "
+                "but not in the order of the uninterrupted run; keep trainer.devices, trainer.num_nodes and "
+                "data.num_workers for an exact resume",
+                ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()),
+            )
+        super().load_state_dict(state)
+
 
 def item_count(index: dict[str, Any]) -> int:
     """The number of items of a shard set, from its LitData index (all ranks together)."""
