@@ -23,10 +23,16 @@ from spectral_diffusion.data.shard_format import SIDECAR, ShardSetError, read_in
 from spectral_diffusion.data.shards import write_shards
 from spectral_diffusion.data.streaming import ResumableStreamingDataLoader, ShardSamples, StreamingDataModule
 from spectral_diffusion.data.text_embeddings import TextEmbeddingDataModule, TextEmbeddings
+from tests import test_data_formats
 from tests.conftest import write_idx
 from tests.train_subprocess import assert_same_training_state, describe, load, run_train
 
 pytest.importorskip("litdata")
+
+# The data sets in their real on-disk formats, as tests/test_data_formats.py writes them (session fixtures).
+cifar_root = test_data_formats.cifar_root  # cifar-10-batches-py/: 20 training and 6 test images
+lsun_images = test_data_formats.lsun_images
+lsun_root = test_data_formats.lsun_root  # church_outdoor_{train,val}_lmdb: 7 and 3 images, JPEG and WebP
 
 #: fork starts LitData's writer in a fraction of a second (its default, spawn, takes seconds per call).
 FAST = {"num_workers": 1, "start_method": "fork"}
@@ -177,6 +183,30 @@ def latent_store(path: Path, count: int, shape=(4, 4, 4), labels=True) -> None:
         "dtype": "float16",
     }
     (path / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar10_at_16", "lsun"])
+def test_other_data_sets_round_trip_exactly(name, cifar_root, lsun_root, tmp_path):
+    """CIFAR-10's pixel arrays (as they are, and resized to 16x16) and LSUN's lmdb values (JPEG and WebP)."""
+    from spectral_diffusion.data import CIFAR10DataModule, LSUNDataModule
+
+    def source():
+        if name == "lsun":
+            return LSUNDataModule(str(lsun_root), resolution=8, num_workers=0, random_flip=False)
+        return CIFAR10DataModule(str(cifar_root), resolution=16 if name.endswith("16") else 32, random_flip=False)
+
+    write_shards(source(), str(tmp_path / "shards"), **FAST)
+    reference = source()
+    reference.setup("fit")
+    dm = streaming(tmp_path / "shards", batch_size=2)
+    assert dm.image_shape == reference.image_shape and dm.meta["encoding"] == ("source" if name == "lsun" else "png")
+    for split, shards, expected in (
+        ("train", ShardSamples(dm.train_set), reference.train_set),
+        ("val", dm.val_set, reference.val_set),
+    ):
+        assert len(shards) == len(expected), split
+        for i in range(len(expected)):
+            assert torch.equal(shards[i][0], expected[i][0]) and int(shards[i][1]) == int(expected[i][1]), (split, i)
 
 
 def test_latents_round_trip_with_their_normalisation(tmp_path):
