@@ -93,32 +93,32 @@ def is_remote(path: str) -> bool:
 
 def fetch_text(uri: str, cache_dir: str | None, storage_options: dict[str, Any] | None = None) -> str | None:
     """The text of a file in a shard set (``None`` if it is not there), through LitData's downloaders."""
-    if not is_remote(uri):
-        path = Path(uri).expanduser()
-        return path.read_text() if path.is_file() else None
-    local = fetch_file(uri, cache_dir, storage_options)
-    return None if local is None else Path(local).read_text()
+    data = fetch_bytes(uri, cache_dir, storage_options)
+    return None if data is None else data.decode()
 
 
-def fetch_file(uri: str, cache_dir: str | None, storage_options: dict[str, Any] | None = None) -> str | None:
-    """A local copy of the file at ``uri`` (the path itself when local); ``None`` if there is no such file."""
+def fetch_bytes(uri: str, cache_dir: str | None, storage_options: dict[str, Any] | None = None) -> bytes | None:
+    """The bytes of a (small) file of a shard set, ``None`` if there is no such file.
+
+    A remote file is downloaded into a folder of this process's own (below ``cache_dir`` when given)
+    and removed again: the DDP ranks of one node each read their copy, and none is ever stale.
+    """
     if not is_remote(uri):
         path = Path(uri).expanduser()
-        return str(path) if path.is_file() else None
+        return path.read_bytes() if path.is_file() else None
     from litdata.streaming.downloader import get_downloader
 
-    folder = Path(cache_dir or tempfile.gettempdir()).expanduser() / "spectral_diffusion_sidecars"
-    folder.mkdir(parents=True, exist_ok=True)
-    local = folder / f"{abs(hash(uri)):x}-{os.path.basename(uri)}"
-    local.unlink(missing_ok=True)  # always the current remote file, never a stale copy
-    remote_dir = uri.rsplit("/", 1)[0]
-    try:
-        get_downloader(remote_dir, str(folder), [], storage_options or {}).download_file(uri, str(local))
-    except FileNotFoundError:
-        return None
-    except Exception as err:  # botocore / fsspec errors: no credentials, no bucket, no network
-        raise ShardSetError(f"cannot read {uri}: {type(err).__name__}: {err}") from err
-    return str(local) if local.is_file() else None
+    if cache_dir:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".sidecar-") as folder:
+        local = os.path.join(folder, os.path.basename(uri))
+        try:
+            get_downloader(uri.rsplit("/", 1)[0], folder, [], storage_options or {}).download_file(uri, local)
+        except FileNotFoundError:
+            return None
+        except Exception as err:  # botocore / fsspec errors: no credentials, no bucket, no network
+            raise ShardSetError(f"cannot read {uri}: {type(err).__name__}: {err}") from err
+        return Path(local).read_bytes() if os.path.isfile(local) else None
 
 
 def read_index(input_dir: str, cache_dir: str | None, storage_options: dict[str, Any] | None = None) -> dict:
@@ -235,14 +235,16 @@ class SampleDecoder:
         return torch.from_numpy(embeddings[row]).float(), torch.from_numpy(mask[row])
 
 
-def load_text_table(input_dir: str, cache_dir: str | None, storage_options: dict[str, Any] | None = None):
+def load_text_table(
+    input_dir: str, cache_dir: str | None, storage_options: dict[str, Any] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(embeddings, mask)`` of a shard set's caption table, read without unpickling."""
     uri = join(input_dir, TEXT_EMBEDDINGS)
-    local = fetch_file(uri, cache_dir, storage_options)
-    if local is None:
+    data = fetch_bytes(uri, cache_dir, storage_options)
+    if data is None:
         raise ShardSetError(f"{uri} is missing although {join(input_dir, SIDECAR)} says the shards carry captions")
     try:
-        with np.load(local, allow_pickle=False) as table:
+        with np.load(io.BytesIO(data), allow_pickle=False) as table:
             return np.asarray(table["embeddings"]), np.asarray(table["mask"]).astype(bool)
     except (OSError, ValueError, KeyError) as err:
         raise ShardSetError(f"cannot read {uri}: {err}") from err
