@@ -13,9 +13,10 @@ context_mask`` with captions), or ``(normalised latent, label)`` for latents; de
 
 **Resume.** LitData's loader state (``StreamingDataLoader.state_dict``: the epoch, the samples
 yielded and the last worker) travels in every checkpoint through Lightning's stateful-loader
-protocol. LitData counts the batches it handed out, but Lightning reads one batch ahead, and the
-loader workers more; :class:`ResumableStreamingDataLoader` therefore saves the state of the batches
-the training loop *consumed*, as ``data/resumable_sampler.py`` does for the other data modules. The
+protocol. LitData counts the batches it handed out; :class:`ResumableStreamingDataLoader` saves the
+state of the batches the training loop *consumed* (Lightning's progress), as
+``data/resumable_sampler.py`` does for the other data modules. With Lightning 2.6 the two counts
+agree, but a consumer that read ahead would otherwise resume past batches it never trained on. The
 order within an epoch depends on the number of ranks and of loader workers (LitData deals chunks to
 them), so a resumed run is exact when it keeps both; ``docs/data.md`` lists what changes otherwise.
 
