@@ -1,4 +1,4 @@
-"""Decode-and-augment throughput of the image data layouts: folder, zip and lmdb.
+"""Decode-and-augment throughput of the image data layouts: folder, zip, lmdb and LitData shards.
 
     python scripts/bench_data.py [--count 384] [--size 512x384] [--resolution 256] [--repeats 3]
 
@@ -9,7 +9,12 @@ lays them out as the DataModules read them:
 - ``folder``: ``ImageFolderDataModule`` over a folder of the JPEG files;
 - ``zip``: ``ImageFolderDataModule`` over a zip of the same files (stored, as image archives are);
 - ``lmdb``: ``LSUNDataModule`` over an lmdb database keyed as LSUN is, with the JPEG values, and
-  again with the WebP values (LSUN's own format).
+  again with the WebP values (LSUN's own format);
+- ``shards``: ``StreamingDataModule`` (``data=streaming``) over LitData shards that
+  ``data/shards.py`` wrote from the folder (the same JPEG bytes, ``--chunk-bytes`` chunks), read in place from
+  the local directory; LitData's shuffle, the same decode, crop, resize and flips; and the same
+  shards as a ``local:`` URI, LitData's stand-in for object storage, read through its cache
+  directory (filled by the first epoch, which the warm-up of the first repeat mostly covers).
 
 Each layout is read through its DataModule's training loader (shuffled, random flips, batches of
 ``--batch-size``) with 0 and 2 workers. One epoch is timed after a warm-up batch (which starts the
@@ -44,6 +49,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from spectral_diffusion.data import ImageFolderDataModule, LSUNDataModule
+from spectral_diffusion.data.shards import write_shards
+from spectral_diffusion.data.streaming import StreamingDataModule
 from spectral_diffusion.data.throughput import time_loader
 
 
@@ -76,8 +83,10 @@ def encode(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def write_layouts(root: Path, count: int, width: int, height: int, seed: int) -> dict[str, tuple[str, float]]:
-    """Write the four layouts under ``root``; ``{name: (data.root, mean bytes per image)}``."""
+def write_layouts(
+    root: Path, count: int, width: int, height: int, seed: int, resolution: int, chunk_bytes: str
+) -> dict[str, tuple[str, float]]:
+    """Write the five layouts under ``root``; ``{name: (data.root, mean bytes per image)}``."""
     rng = np.random.default_rng(seed)
     folder = root / "folder"
     folder.mkdir()
@@ -100,11 +109,18 @@ def write_layouts(root: Path, count: int, width: int, height: int, seed: int) ->
         env.close()
     jpeg_bytes = statistics.mean(len(v) for v in jpeg.values())
     webp_bytes = statistics.mean(len(v) for v in webp.values())
+    # The shards of the folder: its JPEG bytes as they are, through write_shards.py's code path.
+    source = ImageFolderDataModule(str(folder), resolution=resolution, val_fraction=0, random_flip=False, num_workers=0)
+    write_shards(
+        source, str(root / "shards"), splits=("train",), chunk_bytes=chunk_bytes, num_workers=1, start_method="fork"
+    )
     return {
         "folder (JPEG files)": (str(folder), jpeg_bytes),
         "zip (JPEG members, stored)": (str(root / "images.zip"), jpeg_bytes),
         "lmdb (JPEG values)": (str(root / "lmdb_jpeg"), jpeg_bytes),
         "lmdb (WebP values, as LSUN)": (str(root / "lmdb_webp"), webp_bytes),
+        "LitData shards (JPEG bytes, local)": (str(root / "shards"), jpeg_bytes),
+        "LitData shards (local: URI, via cache)": (f"local:{root / 'shards'}", jpeg_bytes),
     }
 
 
@@ -128,7 +144,12 @@ def datamodule(layout: str, root: str, workers: int, args: argparse.Namespace):
         pin_memory=False,
         persistent_workers=False,
     )
-    if layout.startswith("lmdb"):
+    if layout.startswith("LitData"):
+        # The shards were written at 256: data.resolution must be theirs (a mismatch is refused).
+        # A local: URI is LitData's stand-in for object storage: chunks are copied into the cache first.
+        cache = args.cache_dir if root.startswith("local:") else None
+        dm = StreamingDataModule(root, validation="none", seed=args.seed, cache_dir=cache, **common)
+    elif layout.startswith("lmdb"):
         dm = LSUNDataModule(root, category="bench", val_size=1, **common)
     else:
         dm = ImageFolderDataModule(root, val_fraction=0, **common)
@@ -146,12 +167,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--chunk-bytes",
+        default="4MB",
+        help="LitData chunk size of the shards: small enough that each loader worker gets several chunks of the "
+        "small benchmark set, as it does of a real data set with write_shards.py's 64MB",
+    )
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     torch.manual_seed(args.seed)
 
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
-        layouts = write_layouts(Path(tmp), args.count, width, height, args.seed)
+        args.cache_dir = str(Path(tmp) / "litdata_cache")
+        layouts = write_layouts(Path(tmp), args.count, width, height, args.seed, args.resolution, args.chunk_bytes)
         load_before = os.getloadavg()
         times: dict[tuple[str, int], list[float]] = {}
         cpu: dict[str, list[float]] = {}

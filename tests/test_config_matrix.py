@@ -66,7 +66,8 @@ FIRST_STAGES = {"celebahq256": (3, 4), "lsun_church256": (4, 8)}
 #: RGB data sets for the 1-channel Fashion-MNIST models; the 256x256 data sets (and Fashion-MNIST) for
 #: the 3x32x32 CIFAR-10 models (image_folder/celebahq/lsun would need data.resolution=32, a choice
 #: beyond switching the option); Fashion-MNIST and CIFAR-10 for the 256x256 latent-space families; and
-#: cached latents for the pixel-space families, which no first stage encodes to their own shape.
+#: cached latents for the pixel-space families, which no first stage encodes to their own shape; and
+#: streaming shards, whose shape is that of the data they were written from (tests/test_streaming.py).
 IMAGES_256 = ["celebahq", "celebahq256", "image_folder", "lsun", "lsun_church256"]
 DATA_FITS = {
     "fmnist_": ["fashion_mnist", "fashion_mnist_text"],

@@ -65,6 +65,11 @@ def test_every_group_option_composes_and_instantiates(group, option, tmp_path, f
         with pytest.raises(Exception, match=r"meta.json is missing.*encode_latents"):
             hydra.utils.instantiate(cfg.data)
         return
+    if (group, option) == ("data", "streaming"):  # the shard index is read at once: an empty folder is refused
+        cfg = compose_config("train", tmp_path, [f"{group}={option}", f"data.input_dir={tmp_path}"])
+        with pytest.raises(Exception, match=r"holds no LitData index.*write_shards.py"):
+            hydra.utils.instantiate(cfg.data)
+        return
     if (group, option) == ("data", "fashion_mnist_text"):  # the caption table is read at once: a tiny stand-in
         from .test_conditioning import write_class_embeddings
 

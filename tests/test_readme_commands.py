@@ -106,6 +106,8 @@ LATENT_RUN = (
     "autoencoder.ckpt_path=logs/train/fmnist_autoencoder/checkpoints/last.ckpt model=fmnist_small "
     "model.in_channels=4 model.image_size=8 model.attention_resolutions=[4]"
 )
+WRITE_SHARDS = "python scripts/write_shards.py data=fashion_mnist output=data/shards/fmnist"
+STREAMING_RUN = "python train.py data=streaming data.input_dir=data/shards/fmnist"
 FMNIST_TEACHER = "python train.py experiment=fmnist_teacher"
 FMNIST_DISTILL = "python train.py experiment=fmnist_sd_distill"
 ABLATIONS = [
@@ -176,6 +178,8 @@ RUNS: dict[str, str] = {
     AUTOENCODER: "test_autoencoder_latents_chain",
     ENCODE_LATENTS: "test_autoencoder_latents_chain",
     LATENT_RUN: "test_autoencoder_latents_chain",
+    WRITE_SHARDS: "test_write_shards_then_train_from_them",
+    STREAMING_RUN: "test_write_shards_then_train_from_them",
     FMNIST_TEACHER: "test_fmnist_teacher_then_student",
     FMNIST_DISTILL: "test_fmnist_teacher_then_student",
     **{ablation: "test_ablation_on_its_own" for ablation in ABLATIONS},
@@ -276,6 +280,7 @@ SCRIPTS: dict[str, str] = {
     "train.py": "train",
     "evaluate.py": "evaluate",
     "scripts/encode_latents.py": "encode_latents",
+    "scripts/write_shards.py": "write_shards",
     "scripts/inspect_data.py": "inspect_data",
     "scripts/inpaint.py": "inpaint",
     "scripts/pareto.py": "pareto",
@@ -375,6 +380,7 @@ ENTRY: dict[str, Callable[[DictConfig], Any]] = {
     "train": train,
     "evaluate": evaluate,
     "encode_latents": lambda cfg: script("encode_latents").encode_latents(cfg),
+    "write_shards": lambda cfg: script("write_shards").write(cfg),
     "inspect_data": lambda cfg: script("inspect_data").inspect_data(cfg),
     "inpaint": lambda cfg: script("inpaint").run_inpaint(cfg),
     "pareto": lambda cfg: script("pareto").make_pareto(cfg),
@@ -667,6 +673,19 @@ def test_autoencoder_latents_chain(tmp_path, monkeypatch, fmnist_root):
     assert stored["data"]["_target_"].endswith("LatentDataModule") and stored["model"]["in_channels"] == 4
     grid = Image.open(Path(cfg.paths.output_dir) / "samples" / "final.png")
     assert grid.size[0] >= 2 * 32  # decoded to 32x32 images, not 8x8 latents
+
+
+def test_write_shards_then_train_from_them(tmp_path, monkeypatch, fmnist_root):
+    monkeypatch.chdir(tmp_path)
+    # fork: LitData's writer starts in a fraction of a second (spawn, its default, takes seconds per split).
+    _, counts = run_readme(WRITE_SHARDS, tmp_path, [*fmnist_data(fmnist_root), "num_workers=1", "start_method=fork"])
+    assert counts == {"train": 64, "val": 32}
+    assert (tmp_path / "data/shards/fmnist/train/index.json").is_file()
+    cfg, metric = run_readme(STREAMING_RUN, tmp_path, [*TINY_UNET, *TWO_STEPS, *NO_WORKERS])
+    ckpt = assert_trained(cfg, 2, metric)
+    stored = stored_config(ckpt)
+    assert stored["data"]["_target_"].endswith("StreamingDataModule")
+    assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["num_samples_yielded"] == 2 * 4
 
 
 # == distillation on Fashion-MNIST ================================================================

@@ -36,6 +36,13 @@ def _framework_autoencoder(**kwargs: Any) -> Any:
     return framework_autoencoder(**kwargs)
 
 
+def _streaming_data(**kwargs: Any) -> Any:
+    # Imported on use: LitData is the optional ``streaming`` extra.
+    from spectral_diffusion.data.streaming import StreamingDataModule
+
+    return StreamingDataModule(**kwargs)
+
+
 #: group -> {registered name -> constructor}. Several names of one class are the spellings that
 #: this and earlier releases' configs wrote.
 REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
@@ -68,6 +75,7 @@ REGISTRY: dict[str, dict[str, Callable[..., Any]]] = {
         "spectral_diffusion.data.ImageFolderDataModule": ImageFolderDataModule,
         "spectral_diffusion.data.LatentDataModule": LatentDataModule,
         "spectral_diffusion.data.text_embeddings.TextEmbeddingDataModule": TextEmbeddingDataModule,
+        "spectral_diffusion.data.streaming.StreamingDataModule": _streaming_data,
     },
 }
 

@@ -60,6 +60,7 @@ FRAMEWORK_TARGETS = frozenset(
         "spectral_diffusion.data.ImageFolderDataModule",
         "spectral_diffusion.data.LatentDataModule",
         "spectral_diffusion.data.text_embeddings.TextEmbeddingDataModule",
+        "spectral_diffusion.data.streaming.StreamingDataModule",
         # losses
         "spectral_diffusion.losses.DenoisingLoss",
         "spectral_diffusion.losses.SpectralDistillationLoss",
