@@ -678,7 +678,9 @@ def test_autoencoder_latents_chain(tmp_path, monkeypatch, fmnist_root):
 def test_write_shards_then_train_from_them(tmp_path, monkeypatch, fmnist_root):
     monkeypatch.chdir(tmp_path)
     # fork: LitData's writer starts in a fraction of a second (spawn, its default, takes seconds per split).
-    _, counts = run_readme(WRITE_SHARDS, tmp_path, [*fmnist_data(fmnist_root), "num_workers=1", "start_method=fork"])
+    _, counts = run_readme(
+        WRITE_SHARDS, tmp_path, [*fmnist_data(fmnist_root), "num_workers=1", "start_method=forkserver"]
+    )
     assert counts == {"train": 64, "val": 32}
     assert (tmp_path / "data/shards/fmnist/train/index.json").is_file()
     cfg, metric = run_readme(STREAMING_RUN, tmp_path, [*TINY_UNET, *TWO_STEPS, *NO_WORKERS])

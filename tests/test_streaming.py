@@ -6,6 +6,7 @@ import collections
 import io
 import json
 import logging
+import multiprocessing
 import os
 import random
 import signal
@@ -34,8 +35,12 @@ cifar_root = test_data_formats.cifar_root  # cifar-10-batches-py/: 20 training a
 lsun_images = test_data_formats.lsun_images
 lsun_root = test_data_formats.lsun_root  # church_outdoor_{train,val}_lmdb: 7 and 3 images, JPEG and WebP
 
-#: fork starts LitData's writer in a fraction of a second (its default, spawn, takes seconds per call).
-FAST = {"num_workers": 1, "start_method": "fork"}
+#: LitData's writer processes from a fork server that imported torch and LitData once: started in a fraction
+#: of a second (spawn, LitData's default, takes seconds per call), and, unlike fork, safe in a test process
+#: whose earlier tests left threads behind (a fork of it hung in CI: a lock held by another thread at the fork).
+FORK_SERVER_PRELOAD = ["torch", "litdata", "spectral_diffusion.data.shards"]
+multiprocessing.set_forkserver_preload(FORK_SERVER_PRELOAD)
+FAST = {"num_workers": 1, "start_method": "forkserver"}
 
 
 def key(image: torch.Tensor) -> bytes:
@@ -62,6 +67,16 @@ def fmnist_shards(noisy_fmnist, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "fmnist"
     write_shards(fmnist(noisy_fmnist, random_flip=True), str(out), **FAST)
     return out
+
+
+def test_writing_shards_leaves_the_callers_start_method_alone(noisy_fmnist, tmp_path):
+    """litdata.optimize forces its start method on the whole process; write_shards puts the caller's back."""
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        write_shards(fmnist(noisy_fmnist), str(tmp_path / "shards"), **FAST)  # LitData's writer: forkserver
+        assert multiprocessing.get_start_method() == "spawn"
+    finally:
+        multiprocessing.set_start_method(None, force=True)
 
 
 def streaming(input_dir, **kwargs) -> StreamingDataModule:
@@ -370,7 +385,7 @@ def test_two_gloo_processes_read_disjoint_samples_that_cover_the_epoch_and_valid
     noisy_fmnist, fmnist_shards, tmp_path
 ):
     torch.multiprocessing.start_processes(
-        _rank_images, args=(2, _free_port(), str(fmnist_shards), str(tmp_path)), nprocs=2, start_method="fork"
+        _rank_images, args=(2, _free_port(), str(fmnist_shards), str(tmp_path)), nprocs=2, start_method="forkserver"
     )
     size = 32 * 32 * 4
     ranks = []

@@ -270,8 +270,30 @@ def _optimize(
     start_method: str | None,
     storage_options: dict[str, Any],
 ) -> None:
+    import multiprocessing
+
     import litdata
 
+    # litdata.optimize sets the process-wide start method (set_start_method(..., force=True)); put back the
+    # caller's, so that writing shards does not change how the caller's later DataLoaders start workers.
+    previous = multiprocessing.get_start_method(allow_none=True)
+    try:
+        _run_optimize(litdata, output, items, indices, mode, chunk_bytes, num_workers, start_method, storage_options)
+    finally:
+        multiprocessing.set_start_method(previous, force=True)
+
+
+def _run_optimize(
+    litdata: Any,
+    output: str,
+    items: Callable[[int], dict],
+    indices: list[int],
+    mode: str | None,
+    chunk_bytes: str,
+    num_workers: int,
+    start_method: str | None,
+    storage_options: dict[str, Any],
+) -> None:
     litdata.optimize(
         fn=items,
         inputs=indices,
