@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ from spectral_diffusion.utils.run import register_resolvers
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 register_resolvers()
+# Tests start LitData's shard writers (and the streaming DDP test its ranks) from a fork server: fresh
+# processes forked from one that imported these once, fast to start and free of this process's threads.
+# (A module that is not installed is skipped by the server.)
+multiprocessing.set_forkserver_preload(["torch", "litdata", "spectral_diffusion.data.shards"])
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -677,7 +677,8 @@ def test_autoencoder_latents_chain(tmp_path, monkeypatch, fmnist_root):
 
 def test_write_shards_then_train_from_them(tmp_path, monkeypatch, fmnist_root):
     monkeypatch.chdir(tmp_path)
-    # fork: LitData's writer starts in a fraction of a second (spawn, its default, takes seconds per split).
+    # forkserver (preloaded by tests/conftest.py): the writer starts in a fraction of a second; spawn, its
+    # default, takes seconds per split, and fork is unsafe in a test process that other tests left threads in.
     _, counts = run_readme(
         WRITE_SHARDS, tmp_path, [*fmnist_data(fmnist_root), "num_workers=1", "start_method=forkserver"]
     )

@@ -35,11 +35,9 @@ cifar_root = test_data_formats.cifar_root  # cifar-10-batches-py/: 20 training a
 lsun_images = test_data_formats.lsun_images
 lsun_root = test_data_formats.lsun_root  # church_outdoor_{train,val}_lmdb: 7 and 3 images, JPEG and WebP
 
-#: LitData's writer processes from a fork server that imported torch and LitData once: started in a fraction
-#: of a second (spawn, LitData's default, takes seconds per call), and, unlike fork, safe in a test process
-#: whose earlier tests left threads behind (a fork of it hung in CI: a lock held by another thread at the fork).
-FORK_SERVER_PRELOAD = ["torch", "litdata", "spectral_diffusion.data.shards"]
-multiprocessing.set_forkserver_preload(FORK_SERVER_PRELOAD)
+#: LitData's writer processes from the fork server that tests/conftest.py preloads with torch and LitData:
+#: started in a fraction of a second (spawn, LitData's default, takes seconds per call), and, unlike fork,
+#: safe in a test process whose earlier tests left threads behind (a fork of it hung in CI).
 FAST = {"num_workers": 1, "start_method": "forkserver"}
 
 
