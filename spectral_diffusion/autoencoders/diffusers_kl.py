@@ -26,6 +26,8 @@ class SpectralAutoencoderKL(ModelMixin, ConfigMixin):
 
     config_name = "config.json"
 
+    # The arguments are spelled out rather than taken as **kwargs: register_to_config writes the named
+    # parameters of __init__ into config.json, and from_pretrained passes exactly those back.
     @register_to_config
     def __init__(
         self,

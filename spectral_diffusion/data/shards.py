@@ -278,36 +278,22 @@ def _optimize(
     # caller's, so that writing shards does not change how the caller's later DataLoaders start workers.
     previous = multiprocessing.get_start_method(allow_none=True)
     try:
-        _run_optimize(litdata, output, items, indices, mode, chunk_bytes, num_workers, start_method, storage_options)
+        litdata.optimize(
+            fn=items,
+            inputs=indices,
+            output_dir=output,
+            chunk_bytes=chunk_bytes,
+            num_workers=max(1, num_workers),
+            reorder_files=False,
+            keep_data_ordered=True,  # the source's order, and what use_checkpoint needs
+            use_checkpoint=mode is None,  # records progress, so that the same command resumes
+            mode=mode,
+            start_method=start_method,
+            storage_options=storage_options,
+            verbose=True,
+        )
     finally:
         multiprocessing.set_start_method(previous, force=True)
-
-
-def _run_optimize(
-    litdata: Any,
-    output: str,
-    items: Callable[[int], dict],
-    indices: list[int],
-    mode: str | None,
-    chunk_bytes: str,
-    num_workers: int,
-    start_method: str | None,
-    storage_options: dict[str, Any],
-) -> None:
-    litdata.optimize(
-        fn=items,
-        inputs=indices,
-        output_dir=output,
-        chunk_bytes=chunk_bytes,
-        num_workers=max(1, num_workers),
-        reorder_files=False,
-        keep_data_ordered=True,  # the source's order, and what use_checkpoint needs
-        use_checkpoint=mode is None,  # records progress, so that the same command resumes
-        mode=mode,
-        start_method=start_method,
-        storage_options=storage_options,
-        verbose=True,
-    )
 
 
 def write_split(
