@@ -160,7 +160,7 @@ EXPORT_ONNX = (
 )
 EVAL_EXPORT = (
     'python evaluate.py ckpt_path=exports/quickstart "metrics=[fid,macs,params,throughput]" '
-    "metrics.fid.feature_extractor=fmnist_classifier"
+    "metrics.fid.feature_extractor=fmnist_classifier num_samples=10000"
 )
 SAMPLE_ONNX = (
     "python exports/quickstart_onnx/sample_onnx.py exports/quickstart_onnx --num-samples 16 --seed 0 --out samples.png"
