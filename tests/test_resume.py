@@ -20,7 +20,14 @@ from spectral_diffusion.data.resumable_sampler import (
     epoch_permutation,
 )
 from spectral_diffusion.data.worker_rng import WorkerRandom, keyed_generator
-from tests.train_subprocess import assert_same_training_state, describe, load, run_train, tiny_overrides
+from tests.train_subprocess import (
+    assert_same_training_state,
+    describe,
+    kill_then_rerun,
+    load,
+    run_train,
+    tiny_overrides,
+)
 from train import train
 
 # Every 2 steps a checkpoint; 8 batches of 8 per epoch (64 images), so 12 steps cross an epoch;
@@ -210,20 +217,7 @@ def test_sigkill_at_a_random_step_then_rerun_is_bitwise_an_uninterrupted_run(fmn
     reference = run_train(tiny_overrides(fmnist_root, tmp_path / "reference", *settings))
     assert reference.returncode == 0, describe(reference)
     command = tiny_overrides(fmnist_root, tmp_path / "killed", *settings)
-    killer = [
-        "+callbacks.kill._target_=sd_test_hooks.SignalAtStep",
-        f"+callbacks.kill.step={kill_step}",
-        "+callbacks.kill.signame=SIGKILL",
-    ]
-    killed = run_train(command + killer, hooks_dir=tmp_path / "hooks")
-    assert killed.returncode == -signal.SIGKILL, describe(killed)
-    interrupted_at = load(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"]
-    assert interrupted_at <= kill_step < 12
-    # The same command again, its test callback included (a checkpoint may name a class outside the
-    # framework only when the command names it too), at a step that never comes.
-    never = [arg.replace(f"step={kill_step}", "step=1000") for arg in killer]
-    resumed = run_train(command + never, hooks_dir=tmp_path / "hooks")
-    assert resumed.returncode == 0, describe(resumed)
+    kill_then_rerun(command, tmp_path / "killed", kill_step, hooks_dir=tmp_path / "hooks")
     assert_same_training_state(
         load(tmp_path / "reference" / "checkpoints" / "last.ckpt"),
         load(tmp_path / "killed" / "checkpoints" / "last.ckpt"),

@@ -9,7 +9,6 @@ import logging
 import multiprocessing
 import os
 import random
-import signal
 import socket
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from spectral_diffusion.data.streaming import ResumableStreamingDataLoader, Shar
 from spectral_diffusion.data.text_embeddings import TextEmbeddingDataModule, TextEmbeddings
 from tests import test_data_formats
 from tests.conftest import write_idx
-from tests.train_subprocess import assert_same_training_state, describe, load, run_train
+from tests.train_subprocess import assert_same_training_state, describe, kill_then_rerun, load, run_train
 
 pytest.importorskip("litdata")
 
@@ -438,19 +437,8 @@ def test_sigkill_then_rerun_on_shards_is_bitwise_an_uninterrupted_run(fmnist_roo
     print(f"killing at step {kill_step}")
     reference = run_train(streaming_overrides(shards, tmp_path / "reference"))
     assert reference.returncode == 0, describe(reference)
-    killer = [
-        "+callbacks.kill._target_=sd_test_hooks.SignalAtStep",
-        f"+callbacks.kill.step={kill_step}",
-        "+callbacks.kill.signame=SIGKILL",
-    ]
     command = streaming_overrides(shards, tmp_path / "killed")
-    killed = run_train(command + killer, hooks_dir=tmp_path / "hooks")
-    assert killed.returncode == -signal.SIGKILL, describe(killed)
-    interrupted_at = load(tmp_path / "killed" / "checkpoints" / "last.ckpt")["global_step"]
-    assert interrupted_at <= kill_step < 12
-    never = [arg.replace(f"step={kill_step}", "step=1000") for arg in killer]
-    resumed = run_train(command + never, hooks_dir=tmp_path / "hooks")
-    assert resumed.returncode == 0, describe(resumed)
+    kill_then_rerun(command, tmp_path / "killed", kill_step, hooks_dir=tmp_path / "hooks")
     assert_same_training_state(
         load(tmp_path / "reference" / "checkpoints" / "last.ckpt"),
         load(tmp_path / "killed" / "checkpoints" / "last.ckpt"),

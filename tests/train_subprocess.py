@@ -82,3 +82,25 @@ def assert_same_training_state(a: dict, b: dict) -> None:
             for name, value in sa["state"][index].items():
                 assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb["state"][index][name])), (index, name)
     assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
+def kill_then_rerun(command: list[str], run_dir: Path, kill_step: int, hooks_dir: Path, max_steps: int = 12) -> None:
+    """Run ``command`` (writing ``run_dir``) killed with SIGKILL at ``kill_step``, then the same command again.
+
+    The rerun keeps the test callback (a checkpoint may name a class outside the framework only when the
+    command names it too), at a step that never comes.
+    """
+    import signal
+
+    killer = [
+        "+callbacks.kill._target_=sd_test_hooks.SignalAtStep",
+        f"+callbacks.kill.step={kill_step}",
+        "+callbacks.kill.signame=SIGKILL",
+    ]
+    killed = run_train(command + killer, hooks_dir=hooks_dir)
+    assert killed.returncode == -signal.SIGKILL, describe(killed)
+    interrupted_at = load(run_dir / "checkpoints" / "last.ckpt")["global_step"]
+    assert interrupted_at <= kill_step < max_steps
+    never = [arg.replace(f"step={kill_step}", "step=1000") for arg in killer]
+    resumed = run_train(command + never, hooks_dir=hooks_dir)
+    assert resumed.returncode == 0, describe(resumed)
